@@ -1,0 +1,100 @@
+"""Command line: ``fanfinity serve | aggregate | rebuild [--match ID]``.
+
+Heavy imports happen inside the commands: with several workers, ``PROMETHEUS_MULTIPROC_DIR`` must be
+set before prometheus-client is first imported anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from typing import Any, Literal
+
+from fanfinity.config import Settings, SettingsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fanfinity", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API (and the aggregator unless disabled)")
+    commands.add_parser("aggregate", help="run only the change-feed aggregator")
+    rebuild = commands.add_parser("rebuild", help="recount match summaries from stored events")
+    rebuild.add_argument("--match", dest="match_id", help="only this match")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"fanfinity: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from fanfinity.log import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    if args.command == "rebuild":
+        return asyncio.run(_rebuild(settings, args.match_id))
+    _serve(settings, role="api" if args.command == "serve" else "aggregator")
+    return 0
+
+
+def _serve(settings: Settings, role: Literal["api", "aggregator"]) -> None:
+    import uvicorn
+
+    workers = settings.workers if role == "api" else 1
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fanfinity-metrics-")
+    os.environ["FANFINITY_ROLE"] = role
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "factory": True,
+        "workers": workers,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) or 1,
+        "timeout_keep_alive": 5,
+        "h11_max_incomplete_event_size": 16 * 1024,
+        "server_header": False,
+    }
+    uvicorn.run("fanfinity.__main__:app_factory", **options)
+
+
+def app_factory() -> Any:
+    """What each uvicorn worker calls: settings from the environment, logging, the app."""
+    from fanfinity.app import create_app
+    from fanfinity.log import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_json)
+    if os.environ.get("FANFINITY_ROLE") == "aggregator":
+        return create_app(settings, role="aggregator")
+    return create_app(settings, role="api")
+
+
+async def _rebuild(settings: Settings, match_id: str | None) -> int:
+    from datetime import timedelta
+
+    from fanfinity.aggregator import Aggregator
+    from fanfinity.db import open_engine
+
+    engine = await open_engine(settings)
+    try:
+        aggregator = Aggregator(
+            engine,
+            batch_size=settings.aggregator_batch_size,
+            stall_after_s=settings.aggregator_stall_s,
+            active_window=timedelta(minutes=settings.active_window_min),
+        )
+        report = await aggregator.rebuild(match_id)
+    finally:
+        engine.close()
+    print(f"rebuilt {report.matches} match summaries from {report.events} events")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

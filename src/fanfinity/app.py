@@ -1,0 +1,170 @@
+"""`create_app(settings)`: the Litestar application, its plugins, routes and lifespan.
+
+The lifespan owns every background task: it opens the engine, starts the group-commit batcher,
+the latency recorder and (unless disabled) the aggregator, and on shutdown stops accepting,
+flushes the batcher, lets the aggregator finish its batch and closes the client, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Literal
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from loguru import logger
+
+from fanfinity import __version__
+from fanfinity.aggregator import Aggregator
+from fanfinity.config import Settings
+from fanfinity.controllers import EventController, HealthController, MatchController, Services
+from fanfinity.db import open_engine
+from fanfinity.errors import EXCEPTION_HANDLERS
+from fanfinity.ingest import IngestBatcher, IngestLatencyRecorder
+from fanfinity.middleware import request_context_middleware
+from fanfinity.reads import MatchMetricsReader
+
+Role = Literal["api", "aggregator"]
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
+
+
+def create_app(settings: Settings | None = None, role: Role = "api") -> Litestar:
+    """The API (role "api") or the aggregator's probe-only app (role "aggregator")."""
+    settings = settings or Settings.from_env()
+    run_aggregator = role == "aggregator" or settings.aggregator_enabled
+    route_handlers: list[type] = [HealthController, MetricsController]
+    if role == "api":
+        route_handlers += [EventController, MatchController]
+    prometheus = PrometheusConfig(
+        app_name="fanfinity",
+        prefix="fanfinity",
+        group_path=True,
+        exclude=["/metrics", "/health"],
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with _run_services(app, settings, run_aggregator):
+            yield
+
+    return Litestar(
+        route_handlers=route_handlers,
+        middleware=[request_context_middleware, prometheus.middleware],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        cors_config=(
+            CORSConfig(
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "Location", "Retry-After"],
+                allow_credentials=False,
+            )
+            if settings.cors_origins
+            else None
+        ),
+        openapi_config=OpenAPIConfig(
+            title="Fanfinity engagement analytics",
+            version=__version__,
+            description=(
+                "Durable, idempotent match-event ingest and real-time per-match engagement "
+                "metrics. Errors are RFC 9457 application/problem+json."
+            ),
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(
+                        type="apiKey", name="X-API-Key", security_scheme_in="header"
+                    )
+                }
+            ),
+            security=[{"apiKey": []}],
+        ),
+        debug=False,
+        state=None,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _run_services(
+    app: Litestar, settings: Settings, run_aggregator: bool
+) -> AsyncIterator[None]:
+    engine = await open_engine(settings)
+    latency = IngestLatencyRecorder(engine.summaries)
+    batcher = IngestBatcher(
+        engine.events,
+        latency,
+        max_batch=settings.batch_max_size,
+        linger_s=settings.batch_linger_ms / 1000,
+        queue_max=settings.ingest_queue_max,
+        store_timeout_s=settings.store_timeout_s,
+    )
+    aggregator = (
+        Aggregator(
+            engine,
+            batch_size=settings.aggregator_batch_size,
+            stall_after_s=settings.aggregator_stall_s,
+            active_window=timedelta(minutes=settings.active_window_min),
+        )
+        if run_aggregator
+        else None
+    )
+    services = Services(
+        settings=settings,
+        engine=engine,
+        batcher=batcher,
+        reader=MatchMetricsReader(engine.summaries, settings.metrics_cache_ms / 1000),
+        aggregator=aggregator,
+    )
+    app.state.settings = settings
+    app.state.services = services
+    if not settings.api_keys:
+        logger.warning("FANFINITY_API_KEYS is empty: producers are not authenticated")
+    batcher.start()
+    latency_task = asyncio.create_task(latency.run(), name="ingest-latency")
+    aggregator_task = (
+        asyncio.create_task(aggregator.run(), name="aggregator") if aggregator else None
+    )
+    logger.info("fanfinity {} ready on the {} engine", __version__, engine.name)
+    try:
+        yield
+    finally:
+        await asyncio.shield(
+            _shutdown(services, latency, latency_task, aggregator_task, settings.shutdown_grace_s)
+        )
+
+
+async def _shutdown(
+    services: Services,
+    latency: IngestLatencyRecorder,
+    latency_task: asyncio.Task[None],
+    aggregator_task: asyncio.Task[None] | None,
+    grace_s: float,
+) -> None:
+    services.accepting = False
+    await services.batcher.close(timeout_s=max(grace_s, 0.1))
+    if services.aggregator is not None and aggregator_task is not None:
+        services.aggregator.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(aggregator_task), timeout=max(grace_s, 0.1))
+        except TimeoutError:
+            logger.error("aggregator did not stop within {}s; cancelling it", grace_s)
+            aggregator_task.cancel()
+            await asyncio.gather(aggregator_task, return_exceptions=True)
+    latency_task.cancel()
+    await asyncio.gather(latency_task, return_exceptions=True)
+    await latency.flush()
+    services.engine.close()
+    logger.info("shutdown complete")

@@ -1,0 +1,55 @@
+"""API-key guards: producers need a producer key; reads need a read key only when configured."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from fanfinity.config import Settings
+from fanfinity.errors import Unauthorized
+
+API_KEY_HEADER = "x-api-key"
+
+
+def key_matches(candidate: str, keys: Iterable[str]) -> bool:
+    """Constant-time check against every key, so timing does not tell which key was close."""
+    matched = False
+    encoded = candidate.encode()
+    for key in keys:
+        matched |= hmac.compare_digest(encoded, key.encode())
+    return matched
+
+
+def _settings(connection: ASGIConnection[Any, Any, Any, Any]) -> Settings:
+    settings: Settings = connection.app.state.settings
+    return settings
+
+
+def require_producer_key(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Writes need one of FANFINITY_API_KEYS (open only in development with no keys set)."""
+    keys = _settings(connection).api_keys
+    if not keys:
+        return
+    candidate = connection.headers.get(API_KEY_HEADER)
+    if candidate is None:
+        raise Unauthorized("send a producer key in the X-API-Key header")
+    if not key_matches(candidate, keys):
+        raise Unauthorized("the X-API-Key header does not hold a valid producer key")
+
+
+def require_read_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Reads are open unless FANFINITY_READ_API_KEYS is set; producer keys may read too."""
+    settings = _settings(connection)
+    if not settings.read_api_keys:
+        return
+    candidate = connection.headers.get(API_KEY_HEADER)
+    if candidate is None:
+        raise Unauthorized("send a read key in the X-API-Key header")
+    if not key_matches(candidate, settings.read_api_keys | settings.api_keys):
+        raise Unauthorized("the X-API-Key header does not hold a valid read key")

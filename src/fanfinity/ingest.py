@@ -1,0 +1,284 @@
+"""Group commit: concurrent requests share one unordered ``insert_many`` per batch.
+
+A request hands its event to `IngestBatcher.submit` and waits for the batch that carries it to be
+durably written (majority + journal on MongoDB). It gets its own outcome back: accepted, an
+idempotent duplicate, a conflict, or `StoreUnavailable` when nothing could be confirmed in time.
+The queue is bounded; a full queue answers at once instead of letting latency and memory grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from loguru import logger
+
+from fanfinity import metrics
+from fanfinity.aggregation import latency_bucket
+from fanfinity.errors import IngestOverloaded, ShuttingDown, StoreUnavailable
+from fanfinity.schemas import ValidEvent
+from fanfinity.store import EventRepository, InsertReport, SummaryRepository
+
+
+class WriteOutcome(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+
+
+def event_document(event: ValidEvent, received_at: datetime) -> dict[str, Any]:
+    """The stored form of an event: ``_id`` is the eventId, the fingerprint settles retries."""
+    document: dict[str, Any] = {
+        "_id": event.event_id,
+        "matchId": event.match_id,
+        "eventType": str(event.event_type),
+        "timestamp": event.timestamp,
+        "teamId": event.team_id,
+        "receivedAt": received_at,
+        "fingerprint": event.fingerprint,
+    }
+    if event.player_id is not None:
+        document["playerId"] = event.player_id
+    if event.metadata is not None:
+        document["metadata"] = event.metadata
+    return document
+
+
+def resolve_outcomes(
+    documents: Sequence[Mapping[str, Any]],
+    report: InsertReport,
+    stored_fingerprints: Mapping[str, str],
+) -> list[WriteOutcome]:
+    """Each document's outcome: a duplicate `_id` is a retry if the payloads match, else a clash."""
+    outcomes: list[WriteOutcome] = []
+    for index, document in enumerate(documents):
+        if index in report.failed_indexes:
+            outcomes.append(WriteOutcome.FAILED)
+        elif index not in report.duplicate_indexes:
+            outcomes.append(WriteOutcome.ACCEPTED)
+        else:
+            stored = stored_fingerprints.get(document["_id"])
+            if stored is None:
+                outcomes.append(WriteOutcome.FAILED)
+            elif stored == document["fingerprint"]:
+                outcomes.append(WriteOutcome.DUPLICATE)
+            else:
+                outcomes.append(WriteOutcome.CONFLICT)
+    return outcomes
+
+
+@dataclass(slots=True)
+class _Pending:
+    document: dict[str, Any]
+    future: asyncio.Future[WriteOutcome]
+    received_at: float
+
+
+class IngestLatencyRecorder:
+    """Buckets ingest response times per match and adds them to the summaries once a second.
+
+    Latencies are known only after the write, so they cannot ride in the event document; one
+    ``$inc`` per active match per interval keeps their cost off the request path.
+    """
+
+    def __init__(self, summaries: SummaryRepository, interval_s: float = 1.0) -> None:
+        self._summaries = summaries
+        self._interval_s = interval_s
+        self._pending: defaultdict[str, Counter[int]] = defaultdict(Counter)
+
+    def record(self, match_id: str, milliseconds: float) -> None:
+        self._pending[match_id][latency_bucket(milliseconds)] += 1
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, defaultdict(Counter)
+        try:
+            await self._summaries.add_ingest_latency(pending)
+        except Exception as exc:  # keep the samples for the next attempt
+            logger.warning("could not record ingest latencies, will retry: {}", exc)
+            for match_id, buckets in pending.items():
+                self._pending[match_id].update(buckets)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.flush()
+
+
+class IngestBatcher:
+    """The in-process group-commit queue in front of `EventRepository.insert_many`."""
+
+    def __init__(
+        self,
+        events: EventRepository,
+        latency: IngestLatencyRecorder,
+        *,
+        max_batch: int,
+        linger_s: float,
+        queue_max: int,
+        store_timeout_s: float,
+    ) -> None:
+        self._events = events
+        self._latency = latency
+        self._max_batch = max_batch
+        self._linger_s = linger_s
+        self._queue_max = queue_max
+        self._store_timeout_s = store_timeout_s
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.acknowledged = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-batcher")
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop taking events, write everything queued, and wait (bounded) for the last flush."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=timeout_s)
+            except TimeoutError:
+                logger.error("ingest batcher did not drain within {}s", timeout_s)
+                self._task.cancel()
+        logger.info(
+            "ingest batcher stopped: {} events acknowledged by this process", self.acknowledged
+        )
+
+    async def submit(self, document: dict[str, Any], received_at: float) -> WriteOutcome:
+        """Queue one event and wait until its batch is durable (or the time bound passes)."""
+        future = self._enqueue(document, received_at)
+        return await future
+
+    def submit_nowait(
+        self, document: dict[str, Any], received_at: float
+    ) -> asyncio.Future[WriteOutcome]:
+        """Queue one event and return its future (used by the batch endpoint)."""
+        return self._enqueue(document, received_at)
+
+    def _enqueue(
+        self, document: dict[str, Any], received_at: float
+    ) -> asyncio.Future[WriteOutcome]:
+        event_id = str(document["_id"])
+        if self._closing:
+            metrics.INGEST_REJECTED.labels("shutting_down").inc()
+            raise ShuttingDown(
+                "the service is shutting down; retry on another replica", 1, event_id
+            )
+        if len(self._queue) >= self._queue_max:
+            metrics.INGEST_REJECTED.labels("overloaded").inc()
+            raise IngestOverloaded(
+                f"{len(self._queue)} events are already waiting to be written; retry shortly",
+                1,
+                event_id,
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[WriteOutcome] = loop.create_future()
+        self._queue.append(_Pending(document, future, received_at))
+        loop.call_later(self._store_timeout_s, _expire, future, event_id, self._store_timeout_s)
+        if len(self._queue) >= self._max_batch or not self._wakeup.is_set():
+            self._wakeup.set()
+        return future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                if self._linger_s > 0 and len(self._queue) < self._max_batch and not self._closing:
+                    await asyncio.sleep(self._linger_s)
+            batch = self._take_batch()
+            metrics.INGEST_QUEUE_DEPTH.set(len(self._queue))
+            if batch:
+                await self._flush(batch)
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self._max_batch:
+            pending = self._queue.popleft()
+            if not pending.future.done():  # expired while queued: never written, never acked
+                batch.append(pending)
+        return batch
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        documents = [pending.document for pending in batch]
+        try:
+            report = await asyncio.wait_for(
+                self._events.insert_many(documents), timeout=self._store_timeout_s
+            )
+            duplicate_ids = [documents[index]["_id"] for index in report.duplicate_indexes]
+            stored = (
+                await asyncio.wait_for(
+                    self._events.fingerprints(duplicate_ids), timeout=self._store_timeout_s
+                )
+                if duplicate_ids
+                else {}
+            )
+        except Exception as exc:  # every failure of the store means: not confirmed durable
+            logger.warning("group commit of {} events failed: {!r}", len(batch), exc)
+            metrics.INGEST_REJECTED.labels("unavailable").inc(len(batch))
+            for pending in batch:
+                _fail(pending.future, str(pending.document["_id"]))
+            return
+        metrics.INGEST_BATCH_SIZE.observe(len(batch))
+        finished = time.perf_counter()
+        outcomes = resolve_outcomes(documents, report, stored)
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            self._count(pending, outcome, finished)
+            if not pending.future.done():
+                pending.future.set_result(outcome)
+
+    def _count(self, pending: _Pending, outcome: WriteOutcome, finished: float) -> None:
+        document = pending.document
+        if outcome is WriteOutcome.ACCEPTED:
+            self.acknowledged += 1
+            metrics.EVENTS_INGESTED.labels(document["eventType"]).inc()
+        elif outcome is WriteOutcome.DUPLICATE:
+            metrics.EVENTS_DUPLICATE.inc()
+        elif outcome is WriteOutcome.CONFLICT:
+            metrics.INGEST_REJECTED.labels("conflict").inc()
+            return
+        else:
+            metrics.INGEST_REJECTED.labels("unavailable").inc()
+            return
+        self._latency.record(document["matchId"], (finished - pending.received_at) * 1000)
+
+
+def _expire(future: asyncio.Future[WriteOutcome], event_id: str, timeout_s: float) -> None:
+    if not future.done():
+        metrics.INGEST_REJECTED.labels("timeout").inc()
+        future.set_exception(
+            StoreUnavailable(
+                f"the event was not confirmed durable within {timeout_s:g}s; "
+                "retry with the same eventId (retries are idempotent)",
+                1,
+                event_id,
+            )
+        )
+
+
+def _fail(future: asyncio.Future[WriteOutcome], event_id: str) -> None:
+    if not future.done():
+        future.set_exception(
+            StoreUnavailable(
+                "the event store did not accept the write; retry with the same eventId",
+                1,
+                event_id,
+            )
+        )

@@ -1,0 +1,124 @@
+"""Metric reads: one summary document per match, turned into the response and cached briefly.
+
+The cache holds the encoded response per match for `ttl_s` (a few hundred ms) and lets concurrent
+misses share one database read, so a goal spike of readers costs one read per match per interval
+on each replica, whatever the number of readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from fanfinity.aggregation import (
+    as_utc,
+    busiest_window,
+    peak_minutes,
+    per_minute_series,
+    percentiles,
+    status_name,
+)
+from fanfinity.errors import MatchNotFound
+from fanfinity.schemas import (
+    EngagementWindow,
+    LatencyPercentiles,
+    MatchMetrics,
+    MinuteEvents,
+)
+from fanfinity.store import SummaryRepository
+
+MAX_CACHED_MATCHES = 10_000
+
+
+def match_metrics(summary: Mapping[str, Any], generated_at: datetime) -> MatchMetrics:
+    """Build the metrics response from a summary document (pure)."""
+    series = per_minute_series(summary.get("perMinute") or {})
+    window = busiest_window(series)
+    return MatchMetrics(
+        match_id=str(summary["_id"]),
+        status=status_name(int(summary.get("statusRank", 0))),
+        total_events=int(summary.get("total", 0)),
+        events_by_type=dict(summary.get("byType") or {}),
+        events_by_team=dict(summary.get("byTeam") or {}),
+        first_event_at=_optional_utc(summary.get("firstEventAt")),
+        last_event_at=_optional_utc(summary.get("lastEventAt")),
+        as_of=_optional_utc(summary.get("updatedAt")),
+        generated_at=generated_at,
+        events_per_minute=[MinuteEvents(item.minute, item.events) for item in series],
+        peak_engagement_periods=[
+            MinuteEvents(item.minute, item.events) for item in peak_minutes(series)
+        ],
+        busiest_window=(
+            EngagementWindow(window.start, window.end, window.events) if window else None
+        ),
+        response_time_ms=latency_percentiles(summary.get("ingestLatency") or {}),
+        processing_lag_ms=latency_percentiles(summary.get("processingLag") or {}),
+    )
+
+
+def latency_percentiles(histogram: Mapping[str, int]) -> LatencyPercentiles:
+    values = percentiles(histogram, (50, 95, 99))
+    return LatencyPercentiles(
+        p50=values[50], p95=values[95], p99=values[99], samples=sum(histogram.values())
+    )
+
+
+def _optional_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+class MatchMetricsReader:
+    """Serves encoded metric bodies from a short per-match cache in front of the summaries."""
+
+    def __init__(self, summaries: SummaryRepository, ttl_s: float) -> None:
+        self._summaries = summaries
+        self._ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, bytes]] = {}
+        self._in_flight: dict[str, asyncio.Future[bytes]] = {}
+        self.store_reads = 0
+
+    async def encoded(self, match_id: str) -> bytes:
+        """The JSON body for a match; raises `MatchNotFound` when it has no counted events."""
+        cached = self._cache.get(match_id)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        in_flight = self._in_flight.get(match_id)
+        if in_flight is not None:
+            return await asyncio.shield(in_flight)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._in_flight[match_id] = future
+        try:
+            body = await self._load(match_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            future.set_result(body)
+            self._remember(match_id, body)
+            return body
+        finally:
+            del self._in_flight[match_id]
+
+    async def _load(self, match_id: str) -> bytes:
+        self.store_reads += 1
+        summary = await self._summaries.get(match_id)
+        if summary is None or int(summary.get("total", 0)) <= 0:
+            raise MatchNotFound(f"no events have been counted for match {match_id!r}")
+        return msgspec.json.encode(match_metrics(summary, datetime.now(UTC)))
+
+    def _remember(self, match_id: str, body: bytes) -> None:
+        if self._ttl_s <= 0:
+            return
+        now = time.monotonic()
+        if len(self._cache) >= MAX_CACHED_MATCHES:
+            self._cache = {key: entry for key, entry in self._cache.items() if entry[0] > now}
+            if len(self._cache) >= MAX_CACHED_MATCHES:
+                self._cache.clear()
+        self._cache[match_id] = (now + self._ttl_s, body)

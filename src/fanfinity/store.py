@@ -1,0 +1,262 @@
+"""Repositories over the raw Motor collections: the only code that speaks MongoDB's query language.
+
+They take an optional session so that the aggregator's unit of work can run them inside a
+transaction on MongoDB, and without one on the embedded engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from fanfinity.aggregation import SummaryIncrement, ingest_latency_update
+
+DUPLICATE_KEY = 11000
+EMPTY_COUNTS: dict[str, Any] = {
+    "total": 0,
+    "byType": {},
+    "byTeam": {},
+    "perMinute": {},
+    "firstEventAt": None,
+    "lastEventAt": None,
+    "statusRank": 0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InsertReport:
+    """What an unordered insert did: which positions were duplicates and which failed otherwise."""
+
+    duplicate_indexes: frozenset[int] = frozenset()
+    failed_indexes: Mapping[int, str] = field(default_factory=dict)
+
+
+class CheckpointConflict(Exception):
+    """Another aggregator (or a rebuild) moved the checkpoint: this copy must not apply."""
+
+
+def insert_report(error: BulkWriteError) -> InsertReport:
+    """The one place that reads a BulkWriteError (MongoDB and mongomock share this shape)."""
+    duplicates: set[int] = set()
+    failed: dict[int, str] = {}
+    for write_error in error.details.get("writeErrors", []):
+        if write_error.get("code") == DUPLICATE_KEY:
+            duplicates.add(int(write_error["index"]))
+        else:
+            failed[int(write_error["index"])] = str(write_error.get("errmsg", "write error"))
+    return InsertReport(frozenset(duplicates), failed)
+
+
+class EventRepository:
+    """The `events` collection. `on_inserted` lets the embedded engine feed its change log."""
+
+    def __init__(
+        self,
+        collection: Any,
+        on_inserted: Callable[[Sequence[Mapping[str, Any]]], None] | None = None,
+        write_lock: Any = None,
+    ) -> None:
+        self._collection = collection
+        self._on_inserted = on_inserted
+        self._write_lock = write_lock
+
+    async def insert_many(self, documents: Sequence[Mapping[str, Any]]) -> InsertReport:
+        """One unordered insert: duplicates and bad documents do not stop the rest landing."""
+        if self._write_lock is None:
+            return await self._insert(documents)
+        async with self._write_lock:
+            return await self._insert(documents)
+
+    async def _insert(self, documents: Sequence[Mapping[str, Any]]) -> InsertReport:
+        try:
+            await self._collection.insert_many(list(documents), ordered=False)
+            report = InsertReport()
+        except BulkWriteError as exc:
+            report = insert_report(exc)
+        if self._on_inserted is not None:
+            rejected = report.duplicate_indexes | set(report.failed_indexes)
+            self._on_inserted([doc for index, doc in enumerate(documents) if index not in rejected])
+        return report
+
+    async def fingerprints(self, event_ids: Iterable[str]) -> dict[str, str]:
+        cursor = self._collection.find(
+            {"_id": {"$in": list(event_ids)}}, projection={"fingerprint": 1}
+        )
+        return {doc["_id"]: doc.get("fingerprint", "") async for doc in cursor}
+
+    async def get(self, event_id: str) -> dict[str, Any] | None:
+        document: dict[str, Any] | None = await self._collection.find_one({"_id": event_id})
+        return document
+
+    async def count(self, match_id: str | None = None) -> int:
+        query = {"matchId": match_id} if match_id else {}
+        count: int = await self._collection.count_documents(query)
+        return count
+
+
+class SummaryRepository:
+    """The `match_summaries` read model: one document per match."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+
+    async def get(self, match_id: str) -> dict[str, Any] | None:
+        document: dict[str, Any] | None = await self._collection.find_one({"_id": match_id})
+        return document
+
+    async def apply(
+        self,
+        increments: Iterable[SummaryIncrement],
+        applied_at: datetime,
+        session: Any = None,
+    ) -> None:
+        for increment in increments:
+            await self._collection.update_one(
+                {"_id": increment.match_id},
+                increment.as_update(applied_at),
+                upsert=True,
+                session=session,
+            )
+
+    async def replace_counts(
+        self,
+        summaries: Mapping[str, Mapping[str, Any]],
+        rebuilt_at: datetime,
+        session: Any = None,
+        match_id: str | None = None,
+    ) -> None:
+        """Overwrite the counted fields (latency histograms are measurements and are kept)."""
+        stale = {"_id": match_id} if match_id else {"_id": {"$nin": list(summaries)}}
+        if match_id is None or match_id not in summaries:
+            await self._collection.update_many(
+                stale,
+                {"$set": {**EMPTY_COUNTS, "updatedAt": rebuilt_at}},
+                session=session,
+            )
+        for summary_id, summary in summaries.items():
+            await self._collection.update_one(
+                {"_id": summary_id},
+                {"$set": {**summary, "updatedAt": rebuilt_at}},
+                upsert=True,
+                session=session,
+            )
+
+    async def add_ingest_latency(self, buckets_by_match: Mapping[str, Mapping[int, int]]) -> None:
+        for match_id, buckets in buckets_by_match.items():
+            await self._collection.update_one(
+                {"_id": match_id}, ingest_latency_update(buckets), upsert=True
+            )
+
+    async def list(
+        self, status_rank: int | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        query: dict[str, Any] = {"total": {"$gt": 0}}
+        if status_rank is not None:
+            query["statusRank"] = status_rank
+        projection = {
+            "total": 1,
+            "statusRank": 1,
+            "firstEventAt": 1,
+            "lastEventAt": 1,
+            "updatedAt": 1,
+            "byTeam": 1,
+        }
+        cursor = (
+            self._collection.find(query, projection=projection)
+            .sort([("updatedAt", -1), ("_id", 1)])
+            .skip(offset)
+            .limit(limit)
+        )
+        items: list[dict[str, Any]] = await cursor.to_list(limit)
+        total: int = await self._collection.count_documents(query)
+        return items, total
+
+    async def count_active(self, since: datetime) -> int:
+        """Matches started and not ended, or with no start/end yet but recent events."""
+        count: int = await self._collection.count_documents(
+            {
+                "total": {"$gt": 0},
+                "$or": [{"statusRank": 1}, {"statusRank": 0, "updatedAt": {"$gte": since}}],
+            }
+        )
+        return count
+
+
+class CheckpointRepository:
+    """The aggregator's position, moved only by compare-and-set on its generation."""
+
+    def __init__(self, collection: Any, name: str = "events-aggregator") -> None:
+        self._collection = collection
+        self.name = name
+
+    async def load(self) -> dict[str, Any] | None:
+        document: dict[str, Any] | None = await self._collection.find_one({"_id": self.name})
+        return document
+
+    async def advance(
+        self,
+        generation: int | None,
+        position: Mapping[str, Any],
+        updated_at: datetime,
+        session: Any = None,
+    ) -> int:
+        """Move from `generation` to the next one; `None` creates the first. Returns the new one."""
+        if generation is None:
+            try:
+                await self._collection.insert_one(
+                    {
+                        "_id": self.name,
+                        "generation": 1,
+                        "position": dict(position),
+                        "updatedAt": updated_at,
+                    },
+                    session=session,
+                )
+            except DuplicateKeyError:
+                raise CheckpointConflict("a checkpoint already exists") from None
+            return 1
+        result = await self._collection.update_one(
+            {"_id": self.name, "generation": generation},
+            {
+                "$set": {
+                    "generation": generation + 1,
+                    "position": dict(position),
+                    "updatedAt": updated_at,
+                }
+            },
+            session=session,
+        )
+        if result.matched_count != 1:
+            raise CheckpointConflict(f"checkpoint moved past generation {generation}")
+        return generation + 1
+
+
+class MatchEventRepository:
+    """The data team's time-series copy; written at least once per counted event."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+
+    async def copy(self, events: Sequence[Mapping[str, Any]]) -> None:
+        if not events:
+            return
+        documents = [
+            {
+                "timestamp": event["timestamp"],
+                "meta": {
+                    "matchId": event["matchId"],
+                    "eventType": event["eventType"],
+                    "teamId": event["teamId"],
+                },
+                "eventId": event["_id"],
+                "playerId": event.get("playerId"),
+                "metadata": event.get("metadata"),
+                "receivedAt": event["receivedAt"],
+            }
+            for event in events
+        ]
+        await self._collection.insert_many(documents, ordered=False)

@@ -1,0 +1,51 @@
+"""Shared fixtures: settings, an engine on mongomock, and the app through Litestar's test client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from fanfinity.app import create_app
+from fanfinity.config import Settings
+from fanfinity.db import Engine, open_engine
+
+PRODUCER_KEY = "test-producer-key-0001"
+OTHER_PRODUCER_KEY = "test-producer-key-0002"
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        api_keys=frozenset({PRODUCER_KEY, OTHER_PRODUCER_KEY}),
+        batch_linger_ms=1.0,
+        metrics_cache_ms=0.0,
+        store_timeout_s=2.0,
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[Engine]:
+    engine = await open_engine(settings)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Litestar:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=app) as test_client:
+        test_client.headers["X-API-Key"] = PRODUCER_KEY
+        yield test_client
+
+
+def with_settings(settings: Settings, **changes: object) -> Settings:
+    return replace(settings, **changes)  # type: ignore[arg-type]
