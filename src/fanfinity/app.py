@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, role: Role = "api") -> Litestar
         app_name="fanfinity",
         prefix="fanfinity",
         group_path=True,
-        exclude=["/metrics", "/health"],
+        exclude=["^/metrics$", "^/health/"],
     )
 
     @contextlib.asynccontextmanager

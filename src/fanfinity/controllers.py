@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 
 from fanfinity.aggregation import STATUS_NAMES, as_utc, status_name
 from fanfinity.aggregator import Aggregator
@@ -218,7 +218,9 @@ class EventController(Controller):
         summary="Read one stored event",
         responses={404: _problem(404, "No such event")},
     )
-    async def get_event(self, request: Request[Any, Any, Any], event_id: str) -> StoredEvent:
+    async def get_event(
+        self, request: Request[Any, Any, Any], event_id: FromPath[str]
+    ) -> StoredEvent:
         if not _is_uuid(event_id):
             raise EventNotFound(f"no event with id {event_id!r} (event ids are UUIDs)")
         document = await services_of(request).engine.events.get(str(uuid.UUID(event_id)))
@@ -274,7 +276,9 @@ class MatchController(Controller):
             404: _problem(404, "No events counted for this match"),
         },
     )
-    async def get_metrics(self, request: Request[Any, Any, Any], match_id: str) -> Response[bytes]:
+    async def get_metrics(
+        self, request: Request[Any, Any, Any], match_id: FromPath[str]
+    ) -> Response[bytes]:
         if not is_identifier(match_id):
             raise MatchNotFound(f"{match_id!r} is not a valid match id")
         body = await services_of(request).reader.encoded(match_id)

@@ -1,0 +1,277 @@
+"""The write path through HTTP on the embedded engine: every status code a producer can get."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from fanfinity.app import create_app
+from fanfinity.config import Settings
+from tests.conftest import OTHER_PRODUCER_KEY, PRODUCER_KEY, with_settings
+
+PROBLEM = "application/problem+json"
+
+
+def goal(**overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "eventId": str(uuid.uuid4()),
+        "matchId": "alhilal-vs-alnassr",
+        "eventType": "goal",
+        "timestamp": "2025-05-10T19:42:07+03:00",
+        "teamId": "al-hilal",
+        "playerId": "player-9",
+        "metadata": {"minute": 42},
+    }
+    event.update(overrides)
+    return event
+
+
+def assert_problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("urn:fanfinity:problem:")
+    assert body["title"]
+    assert body["detail"]
+    assert "Traceback" not in response.text
+    return body
+
+
+async def test_accepted_event_is_stored_and_readable(client: AsyncTestClient[Litestar]) -> None:
+    event = goal()
+    response = await client.post("/api/events", json=event)
+    assert response.status_code == 202
+    assert response.json() == {"eventId": event["eventId"], "status": "accepted"}
+    assert response.headers["location"] == f"/api/events/{event['eventId']}"
+
+    stored = await client.get(response.headers["location"])
+    assert stored.status_code == 200
+    body = stored.json()
+    assert body["matchId"] == "alhilal-vs-alnassr"
+    assert body["timestamp"] == "2025-05-10T16:42:07Z"  # normalised to UTC
+    assert body["metadata"] == {"minute": 42}
+    assert "receivedAt" in body
+
+
+async def test_server_generates_an_event_id_when_absent(client: AsyncTestClient[Litestar]) -> None:
+    event = goal()
+    del event["eventId"]
+    response = await client.post("/api/events", json=event)
+    assert response.status_code == 202
+    generated = response.json()["eventId"]
+    assert uuid.UUID(generated).version == 4
+    assert (await client.get(f"/api/events/{generated}")).status_code == 200
+
+
+async def test_three_hundred_events_posted_one_by_one_are_all_accepted(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    ids = set()
+    for minute in range(300):
+        response = await client.post(
+            "/api/events", json=goal(timestamp=f"2025-05-10T19:{minute % 60:02d}:00Z")
+        )
+        assert response.status_code == 202
+        ids.add(response.json()["eventId"])
+    assert len(ids) == 300
+
+
+async def test_exact_retry_is_accepted_again_without_a_second_copy(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    event = goal()
+    first = await client.post("/api/events", json=event)
+    retry = await client.post("/api/events", json=event)
+    assert first.status_code == retry.status_code == 202
+    assert retry.json() == first.json()
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+
+
+async def test_same_event_id_with_another_payload_is_409(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    event = goal()
+    assert (await client.post("/api/events", json=event)).status_code == 202
+    clash = await client.post("/api/events", json={**event, "eventType": "red_card"})
+    body = assert_problem(clash, 409)
+    assert body["eventId"] == event["eventId"]
+
+
+async def test_concurrent_posts_share_batches_and_all_get_their_own_answer(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    events = [goal() for _ in range(50)]
+    responses = await asyncio.gather(*(client.post("/api/events", json=e) for e in events))
+    assert [r.status_code for r in responses] == [202] * 50
+    assert {r.json()["eventId"] for r in responses} == {e["eventId"] for e in events}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (goal(eventType="penalty"), "$.eventType"),
+        (goal(timestamp="2025-05-10T19:42:07"), "$.timestamp"),
+        (goal(matchId="has spaces"), "$.matchId"),
+        (goal(matchId="x" * 65), "$.matchId"),
+        (goal(teamId=""), "$.teamId"),
+        (goal(eventId="not-a-uuid"), "$.eventId"),
+        (goal(metadata=[1, 2]), "$.metadata"),
+        (goal(metadata={"blob": "x" * 17_000}), "$.metadata"),
+        (goal(shirtNumber=9), "$"),
+        ({"matchId": "m1"}, "$"),
+    ],
+)
+async def test_invalid_fields_are_422_with_the_field_named(
+    client: AsyncTestClient[Litestar], body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/api/events", json=body)
+    problem = assert_problem(response, 422)
+    assert problem["errors"][0]["field"] == field
+    assert problem["errors"][0]["message"]
+
+
+async def test_malformed_json_is_400(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.post(
+        "/api/events", content=b'{"matchId": ', headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 400)
+
+
+async def test_empty_body_is_400(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.post(
+        "/api/events", content=b"", headers={"content-type": "application/json"}
+    )
+    assert "empty" in assert_problem(response, 400)["detail"]
+
+
+async def test_wrong_content_type_is_415(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.post(
+        "/api/events", content=b"matchId=m1", headers={"content-type": "text/plain"}
+    )
+    assert_problem(response, 415)
+
+
+async def test_body_over_32_kib_is_413_before_parsing(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.post(
+        "/api/events",
+        content=b"{" + b" " * 40_000 + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert_problem(response, 413)
+
+
+async def test_missing_and_wrong_api_keys_are_401(client: AsyncTestClient[Litestar]) -> None:
+    missing = await client.post("/api/events", json=goal(), headers={"X-API-Key": ""})
+    del client.headers["X-API-Key"]
+    absent = await client.post("/api/events", json=goal())
+    wrong = await client.post("/api/events", json=goal(), headers={"X-API-Key": "nope" * 5})
+    for response in (missing, absent, wrong):
+        assert_problem(response, 401)
+    assert absent.headers["www-authenticate"].startswith("ApiKey")
+
+
+async def test_every_configured_key_is_accepted_for_rotation(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    for key in (PRODUCER_KEY, OTHER_PRODUCER_KEY):
+        response = await client.post("/api/events", json=goal(), headers={"X-API-Key": key})
+        assert response.status_code == 202
+
+
+async def test_unknown_event_is_404_and_unknown_route_is_404(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    assert_problem(await client.get(f"/api/events/{uuid.uuid4()}"), 404)
+    assert_problem(await client.get("/api/events/not-a-uuid"), 404)
+    assert_problem(await client.get("/api/nothing-here"), 404)
+
+
+async def test_wrong_method_is_405(client: AsyncTestClient[Litestar]) -> None:
+    assert_problem(await client.delete("/api/events"), 405)
+
+
+async def test_full_ingest_queue_answers_503_with_retry_after(settings: Settings) -> None:
+    tiny = with_settings(settings, ingest_queue_max=1, batch_linger_ms=500.0)
+    app = create_app(tiny)
+    async with AsyncTestClient(app=app) as client:
+        client.headers["X-API-Key"] = PRODUCER_KEY
+        waiting = goal()
+        await client.get("/health/live")  # the lifespan has started the batcher
+        queued = app.state.services.batcher.submit_nowait(
+            {"_id": waiting["eventId"], "matchId": "m", "eventType": "goal"}, 0.0
+        )
+        refused = await client.post("/api/events", json=goal())
+        queued.cancel()
+    problem = assert_problem(refused, 503)
+    assert int(refused.headers["retry-after"]) >= 1
+    assert uuid.UUID(problem["eventId"])
+    assert "waiting" in problem["detail"]
+
+
+async def test_request_id_is_echoed_or_generated(client: AsyncTestClient[Litestar]) -> None:
+    echoed = await client.get("/health/live", headers={"X-Request-ID": "trace-abc-123"})
+    generated = await client.get("/health/live")
+    hostile = await client.get("/health/live", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert echoed.headers["x-request-id"] == "trace-abc-123"
+    assert len(generated.headers["x-request-id"]) == 32
+    assert hostile.headers["x-request-id"] != "bad id\twith spaces"
+    assert echoed.headers["x-content-type-options"] == "nosniff"
+
+
+class TestBatch:
+    async def test_each_item_gets_its_own_outcome_in_order(
+        self, client: AsyncTestClient[Litestar]
+    ) -> None:
+        stored = goal()
+        assert (await client.post("/api/events", json=stored)).status_code == 202
+        fresh = goal()
+        items = [
+            fresh,
+            stored,
+            {**stored, "eventType": "corner"},
+            goal(timestamp="yesterday"),
+        ]
+        response = await client.post("/api/events/batch", json=items)
+        assert response.status_code == 200
+        body = response.json()
+        assert [item["status"] for item in body["items"]] == [
+            "accepted",
+            "duplicate",
+            "conflict",
+            "invalid",
+        ]
+        assert [item["index"] for item in body["items"]] == [0, 1, 2, 3]
+        assert body["items"][3]["errors"][0]["field"] == "$[3].timestamp"
+        assert (body["accepted"], body["duplicates"], body["rejected"]) == (1, 1, 2)
+        assert (await client.get(f"/api/events/{fresh['eventId']}")).status_code == 200
+
+    async def test_wrapped_form_is_accepted(self, client: AsyncTestClient[Litestar]) -> None:
+        response = await client.post("/api/events/batch", json={"events": [goal(), goal()]})
+        assert response.status_code == 200
+        assert response.json()["accepted"] == 2
+
+    async def test_more_than_500_events_is_422(self, client: AsyncTestClient[Litestar]) -> None:
+        events = [{"matchId": "m", "eventType": "goal"} for _ in range(501)]
+        assert_problem(await client.post("/api/events/batch", json=events), 422)
+
+    async def test_empty_batch_is_422(self, client: AsyncTestClient[Litestar]) -> None:
+        assert_problem(await client.post("/api/events/batch", json=[]), 422)
+
+    async def test_body_over_512_kib_is_413(self, client: AsyncTestClient[Litestar]) -> None:
+        response = await client.post(
+            "/api/events/batch",
+            content=b"[" + b" " * (600 * 1024) + b"]",
+            headers={"content-type": "application/json"},
+        )
+        assert_problem(response, 413)
+
+    async def test_batch_needs_a_producer_key(self, client: AsyncTestClient[Litestar]) -> None:
+        del client.headers["X-API-Key"]
+        assert_problem(await client.post("/api/events/batch", json=[goal()]), 401)

@@ -1,0 +1,178 @@
+"""The read path: posted events become exact per-match metrics within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from tests.api.test_ingest_api import assert_problem
+
+DERBY = "derby-2025-05-10"
+FRIENDLY = "friendly-2025-05-11"
+
+
+def event(match_id: str, event_type: str, team: str, at: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "eventId": str(uuid.uuid4()),
+        "matchId": match_id,
+        "eventType": event_type,
+        "timestamp": at,
+        "teamId": team,
+        **extra,
+    }
+
+
+DERBY_EVENTS = [
+    event(DERBY, "match_start", "al-hilal", "2025-05-10T18:00:05Z"),
+    event(DERBY, "goal", "al-hilal", "2025-05-10T18:10:01Z"),
+    event(DERBY, "goal", "al-nassr", "2025-05-10T18:10:30Z"),
+    event(DERBY, "yellow_card", "al-nassr", "2025-05-10T18:10:59Z"),
+    event(DERBY, "corner", "al-hilal", "2025-05-10T18:20:00Z"),
+    event(DERBY, "goal", "al-hilal", "2025-05-10T21:20:30+03:00"),  # 18:20 UTC
+    event(DERBY, "foul", "al-nassr", "2025-05-10T18:45:00Z"),
+    event(DERBY, "match_end", "al-hilal", "2025-05-10T19:50:00Z"),
+]
+FRIENDLY_EVENTS = [
+    event(FRIENDLY, "corner", "team-a", f"2025-05-11T12:0{minute}:00Z") for minute in range(4)
+]
+
+
+async def wait_for_metrics(
+    client: AsyncTestClient[Litestar], match_id: str, total: int, samples: int
+) -> dict[str, Any]:
+    """Poll like a dashboard until the match shows `total` events and `samples` latencies."""
+    deadline = time.monotonic() + 3.0
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = await client.get(f"/api/matches/{match_id}/metrics")
+        if response.status_code == 200:
+            body = response.json()
+            if (
+                body["totalEvents"] == total
+                and body["responseTimeMs"]["samples"] == samples
+            ):
+                return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"metrics of {match_id} never reached {total} events: {body}")
+
+
+async def post_all(client: AsyncTestClient[Litestar], events: list[dict[str, Any]]) -> None:
+    for item in events:
+        response = await client.post("/api/events", json=item)
+        assert response.status_code == 202, response.text
+
+
+async def test_known_distribution_gives_exact_metrics(client: AsyncTestClient[Litestar]) -> None:
+    await post_all(client, DERBY_EVENTS + FRIENDLY_EVENTS)
+    await post_all(client, DERBY_EVENTS[1:3])  # producer retries: must not count twice
+    started = time.monotonic()
+    first_count = await client.get(f"/api/matches/{DERBY}/metrics")
+    while first_count.status_code != 200 or first_count.json()["totalEvents"] < 8:
+        await asyncio.sleep(0.02)
+        first_count = await client.get(f"/api/matches/{DERBY}/metrics")
+    assert time.monotonic() - started < 1.0, "events must be counted within a second"
+
+    derby = await wait_for_metrics(client, DERBY, total=8, samples=10)
+    assert derby["status"] == "ended"
+    assert derby["eventsByType"] == {
+        "match_start": 1, "goal": 3, "yellow_card": 1, "corner": 1, "foul": 1, "match_end": 1,
+    }
+    assert derby["eventsByTeam"] == {"al-hilal": 5, "al-nassr": 3}
+    assert derby["firstEventAt"] == "2025-05-10T18:00:05Z"
+    assert derby["lastEventAt"] == "2025-05-10T19:50:00Z"
+    assert derby["eventsPerMinute"] == [
+        {"minute": "2025-05-10T18:00:00Z", "events": 1},
+        {"minute": "2025-05-10T18:10:00Z", "events": 3},
+        {"minute": "2025-05-10T18:20:00Z", "events": 2},
+        {"minute": "2025-05-10T18:45:00Z", "events": 1},
+        {"minute": "2025-05-10T19:50:00Z", "events": 1},
+    ]
+    assert derby["peakEngagementPeriods"] == [
+        {"minute": "2025-05-10T18:10:00Z", "events": 3},
+        {"minute": "2025-05-10T18:20:00Z", "events": 2},
+        {"minute": "2025-05-10T18:00:00Z", "events": 1},
+        {"minute": "2025-05-10T18:45:00Z", "events": 1},
+        {"minute": "2025-05-10T19:50:00Z", "events": 1},
+    ]
+    assert derby["busiestWindow"] == {
+        "start": "2025-05-10T18:10:00Z", "end": "2025-05-10T18:15:00Z", "events": 3,
+    }
+    response_time = derby["responseTimeMs"]
+    assert 0 < response_time["p50"] <= response_time["p95"] <= response_time["p99"]
+    assert derby["processingLagMs"]["samples"] == 8
+
+    friendly = await wait_for_metrics(client, FRIENDLY, total=4, samples=4)
+    assert friendly["status"] == "scheduled"
+    assert friendly["eventsByType"] == {"corner": 4}
+    assert [p["minute"] for p in friendly["peakEngagementPeriods"]] == [
+        "2025-05-11T12:00:00Z", "2025-05-11T12:01:00Z", "2025-05-11T12:02:00Z",
+        "2025-05-11T12:03:00Z",
+    ]
+    assert friendly["busiestWindow"]["events"] == 4
+
+
+async def test_match_without_events_is_404(client: AsyncTestClient[Litestar]) -> None:
+    body = assert_problem(await client.get("/api/matches/no-such-match/metrics"), 404)
+    assert "no-such-match" in body["detail"]
+    assert_problem(await client.get("/api/matches/bad%20id/metrics"), 404)
+
+
+async def test_matches_are_listed_filtered_and_paginated(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    await post_all(client, DERBY_EVENTS + FRIENDLY_EVENTS)
+    await wait_for_metrics(client, DERBY, total=8, samples=8)
+    await wait_for_metrics(client, FRIENDLY, total=4, samples=4)
+
+    everything = (await client.get("/api/matches")).json()
+    assert everything["total"] == 2
+    assert {item["matchId"] for item in everything["items"]} == {DERBY, FRIENDLY}
+    ended = (await client.get("/api/matches", params={"status": "ended"})).json()
+    assert [item["matchId"] for item in ended["items"]] == [DERBY]
+    assert ended["items"][0]["teams"] == ["al-hilal", "al-nassr"]
+    assert ended["items"][0]["totalEvents"] == 8
+    page = (await client.get("/api/matches", params={"limit": 1, "offset": 1})).json()
+    assert len(page["items"]) == 1
+    assert page["total"] == 2
+    assert_problem(await client.get("/api/matches", params={"status": "postponed"}), 400)
+    assert_problem(await client.get("/api/matches", params={"limit": 1000}), 400)
+
+
+async def test_prometheus_shows_business_metrics_moving(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    await post_all(client, FRIENDLY_EVENTS)
+    await post_all(client, FRIENDLY_EVENTS[:1])
+    await wait_for_metrics(client, FRIENDLY, total=4, samples=5)
+    text = (await client.get("/metrics")).text
+    assert 'fanfinity_events_ingested_total{event_type="corner"}' in text
+    assert "fanfinity_events_duplicate_total" in text
+    assert "fanfinity_events_processed_total" in text
+    assert "fanfinity_ingest_batch_size_bucket" in text
+    assert "fanfinity_aggregator_batch_size_bucket" in text
+    assert 'path="/api/events"' in text
+    assert 'path="/api/matches/{match_id}/metrics"' in text
+    assert FRIENDLY not in text  # no match ids as labels
+
+
+async def test_health_and_openapi(client: AsyncTestClient[Litestar]) -> None:
+    assert (await client.get("/health/live")).json()["status"] == "ok"
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"store": "ok", "accepting": "ok", "aggregator": "ok"}
+
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert schema["openapi"].startswith("3.1")
+    ingest = schema["paths"]["/api/events"]["post"]
+    body_schema = ingest["requestBody"]["content"]["application/json"]
+    assert "goal" in body_schema["schema"]["properties"]["eventType"]["enum"]
+    assert body_schema["example"]["eventType"] == "goal"
+    assert {"202", "400", "401", "409", "413", "415", "422", "503"} <= set(ingest["responses"])
+    metrics = schema["paths"]["/api/matches/{match_id}/metrics"]["get"]
+    assert {"200", "404"} <= set(metrics["responses"])
+    assert (await client.get("/schema/swagger")).status_code == 200
