@@ -49,6 +49,18 @@ def bucket_value_ms(index: int) -> float:
     return float(LATENCY_FLOOR_MS * LATENCY_GROWTH ** (index - 0.5))
 
 
+def field_key(name: str) -> str:
+    """A map key safe inside a MongoDB update path: identifiers may hold '.', paths may not.
+
+    Identifiers never contain '%', so the escape cannot collide with a real name.
+    """
+    return name.replace(".", "%2E")
+
+
+def name_from_field_key(key: str) -> str:
+    return key.replace("%2E", ".")
+
+
 def minute_key(moment: datetime) -> str:
     """The per-minute series key of a moment: its UTC minute, as ``YYYY-MM-DDTHH:MM``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
@@ -77,7 +89,7 @@ class SummaryIncrement:
         event_type = str(event["eventType"])
         self.total += 1
         self.by_type[event_type] += 1
-        self.by_team[str(event["teamId"])] += 1
+        self.by_team[field_key(str(event["teamId"]))] += 1
         self.per_minute[minute_key(timestamp)] += 1
         lag_ms = (applied_at - as_utc(event["receivedAt"])).total_seconds() * 1000
         self.processing_lag[bucket_key(latency_bucket(max(lag_ms, 0.0)))] += 1
@@ -249,7 +261,7 @@ def summaries_from_rebuild_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, 
         count = int(row["events"])
         summary["total"] += count
         summary["byType"][key["eventType"]] += count
-        summary["byTeam"][key["teamId"]] += count
+        summary["byTeam"][field_key(key["teamId"])] += count
         summary["perMinute"][key["minute"]] += count
         first, last = as_utc(row["firstEventAt"]), as_utc(row["lastEventAt"])
         if summary["firstEventAt"] is None or first < summary["firstEventAt"]:

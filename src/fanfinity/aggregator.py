@@ -175,10 +175,13 @@ class Aggregator:
 
         await self._engine.unit_of_work.run(work)
         events = sum(summary["total"] for summary in summaries.values())
+        copied = await self._engine.match_events.backfill(self._engine.events, match_id)
         logger.info(
-            "rebuilt {} match summaries from {} events; feed continues from {}",
+            "rebuilt {} match summaries from {} events ({} copied to match_events); "
+            "feed continues from {}",
             len(summaries),
             events,
+            copied,
             describe_position(position),
         )
         return RebuildReport(matches=len(summaries), events=events, position=position)

@@ -15,7 +15,7 @@ from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, Parameter
 
-from fanfinity.aggregation import STATUS_NAMES, as_utc, status_name
+from fanfinity.aggregation import STATUS_NAMES, as_utc, name_from_field_key, status_name
 from fanfinity.aggregator import Aggregator
 from fanfinity.auth import require_producer_key, require_read_key
 from fanfinity.config import Settings
@@ -316,7 +316,7 @@ class MatchController(Controller):
                 match_id=summary["_id"],
                 status=status_name(int(summary.get("statusRank", 0))),
                 total_events=int(summary.get("total", 0)),
-                teams=sorted(summary.get("byTeam") or {}),
+                teams=sorted(name_from_field_key(key) for key in summary.get("byTeam") or {}),
                 first_event_at=_utc_or_none(summary.get("firstEventAt")),
                 last_event_at=_utc_or_none(summary.get("lastEventAt")),
                 as_of=_utc_or_none(summary.get("updatedAt")),

@@ -9,6 +9,7 @@ The queue is bounded; a full queue answers at once instead of letting latency an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections import Counter, defaultdict, deque
@@ -134,6 +135,7 @@ class IngestBatcher:
         self._store_timeout_s = store_timeout_s
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
+        self._batch_full = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.acknowledged = 0
@@ -149,6 +151,7 @@ class IngestBatcher:
         """Stop taking events, write everything queued, and wait (bounded) for the last flush."""
         self._closing = True
         self._wakeup.set()
+        self._batch_full.set()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=timeout_s)
@@ -190,8 +193,10 @@ class IngestBatcher:
         future: asyncio.Future[WriteOutcome] = loop.create_future()
         self._queue.append(_Pending(document, future, received_at))
         loop.call_later(self._store_timeout_s, _expire, future, event_id, self._store_timeout_s)
-        if len(self._queue) >= self._max_batch or not self._wakeup.is_set():
+        if not self._wakeup.is_set():
             self._wakeup.set()
+        if len(self._queue) >= self._max_batch:
+            self._batch_full.set()
         return future
 
     async def _run(self) -> None:
@@ -201,12 +206,19 @@ class IngestBatcher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                if self._linger_s > 0 and len(self._queue) < self._max_batch and not self._closing:
-                    await asyncio.sleep(self._linger_s)
+                await self._linger()
             batch = self._take_batch()
             metrics.INGEST_QUEUE_DEPTH.set(len(self._queue))
             if batch:
                 await self._flush(batch)
+
+    async def _linger(self) -> None:
+        """Give concurrent requests `linger_s` to join the batch, unless it is already full."""
+        if self._linger_s <= 0 or len(self._queue) >= self._max_batch or self._closing:
+            return
+        self._batch_full.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._batch_full.wait(), timeout=self._linger_s)
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -240,15 +252,16 @@ class IngestBatcher:
         finished = time.perf_counter()
         outcomes = resolve_outcomes(documents, report, stored)
         for pending, outcome in zip(batch, outcomes, strict=True):
-            self._count(pending, outcome, finished)
-            if not pending.future.done():
+            if outcome is WriteOutcome.ACCEPTED:
+                metrics.EVENTS_INGESTED.labels(pending.document["eventType"]).inc()
+            if not pending.future.done():  # else the request was already told 503
                 pending.future.set_result(outcome)
+                self._answered(pending, outcome, finished)
 
-    def _count(self, pending: _Pending, outcome: WriteOutcome, finished: float) -> None:
+    def _answered(self, pending: _Pending, outcome: WriteOutcome, finished: float) -> None:
         document = pending.document
         if outcome is WriteOutcome.ACCEPTED:
             self.acknowledged += 1
-            metrics.EVENTS_INGESTED.labels(document["eventType"]).inc()
         elif outcome is WriteOutcome.DUPLICATE:
             metrics.EVENTS_DUPLICATE.inc()
         elif outcome is WriteOutcome.CONFLICT:

@@ -25,7 +25,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 EVENTS_INGESTED = Counter(
     "fanfinity_events_ingested_total",
-    "Events durably stored and acknowledged for the first time, by event type.",
+    "Events durably stored for the first time, by event type.",
     ["event_type"],
 )
 EVENTS_DUPLICATE = Counter(

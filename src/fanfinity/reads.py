@@ -18,6 +18,7 @@ import msgspec
 from fanfinity.aggregation import (
     as_utc,
     busiest_window,
+    name_from_field_key,
     peak_minutes,
     per_minute_series,
     percentiles,
@@ -44,7 +45,9 @@ def match_metrics(summary: Mapping[str, Any], generated_at: datetime) -> MatchMe
         status=status_name(int(summary.get("statusRank", 0))),
         total_events=int(summary.get("total", 0)),
         events_by_type=dict(summary.get("byType") or {}),
-        events_by_team=dict(summary.get("byTeam") or {}),
+        events_by_team={
+            name_from_field_key(key): count for key, count in (summary.get("byTeam") or {}).items()
+        },
         first_event_at=_optional_utc(summary.get("firstEventAt")),
         last_event_at=_optional_utc(summary.get("lastEventAt")),
         as_of=_optional_utc(summary.get("updatedAt")),

@@ -273,12 +273,20 @@ def is_identifier(value: str) -> bool:
     return _IDENTIFIER_RE.fullmatch(value) is not None
 
 
+_NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]+)`$")
+
+
 def _field_error(exc: msgspec.ValidationError, base: str) -> FieldError:
-    message, _, location = str(exc).rpartition(" - at `")
+    """Map msgspec's "message - at `$.path`" to a FieldError whose path names the field itself."""
+    text = str(exc)
+    message, _, location = text.rpartition(" - at `")
     if not message:
-        return FieldError(base, str(exc))
-    field = location.rstrip("`")
-    return FieldError(base + field[1:] if field.startswith("$") else field, message)
+        message, location = text, "$`"
+    path = base + location.rstrip("`")[1:]
+    named = _NAMED_FIELD.match(message)
+    if named:  # msgspec reports these at the enclosing object; point at the field
+        path = f"{path}.{named.group(1)}"
+    return FieldError(path, message)
 
 
 def _decode_reason(exc: msgspec.DecodeError, body: bytes) -> str:

@@ -6,7 +6,8 @@ transaction on MongoDB, and without one on the embedded engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -91,6 +92,20 @@ class EventRepository:
     async def get(self, event_id: str) -> dict[str, Any] | None:
         document: dict[str, Any] | None = await self._collection.find_one({"_id": event_id})
         return document
+
+    async def in_chunks(
+        self, match_id: str | None, size: int = 1000
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every stored event (of one match, or all), `size` at a time, in `_id` order."""
+        query: dict[str, Any] = {"matchId": match_id} if match_id else {}
+        chunk: list[dict[str, Any]] = []
+        async for document in self._collection.find(query).sort("_id", 1):
+            chunk.append(document)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     async def count(self, match_id: str | None = None) -> int:
         query = {"matchId": match_id} if match_id else {}
@@ -238,13 +253,38 @@ class CheckpointRepository:
 class MatchEventRepository:
     """The data team's time-series copy; written at least once per counted event."""
 
+    CHUNK = 200
+
     def __init__(self, collection: Any) -> None:
         self._collection = collection
 
     async def copy(self, events: Sequence[Mapping[str, Any]]) -> None:
-        if not events:
-            return
-        documents = [
+        """Insert copies in chunks, yielding between them so requests are not held up."""
+        for start in range(0, len(events), self.CHUNK):
+            await self._collection.insert_many(
+                self._documents(events[start : start + self.CHUNK]), ordered=False
+            )
+            await asyncio.sleep(0)
+
+    async def backfill(self, events: EventRepository, match_id: str | None = None) -> int:
+        """Copy every stored event that has no copy yet (after a rebuild); returns how many."""
+        copied = 0
+        async for chunk in events.in_chunks(match_id):
+            ids = [event["_id"] for event in chunk]
+            present = {
+                document["eventId"]
+                async for document in self._collection.find(
+                    {"eventId": {"$in": ids}}, projection={"eventId": 1}
+                )
+            }
+            missing = [event for event in chunk if event["_id"] not in present]
+            await self.copy(missing)
+            copied += len(missing)
+        return copied
+
+    @staticmethod
+    def _documents(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return [
             {
                 "timestamp": event["timestamp"],
                 "meta": {
@@ -259,4 +299,3 @@ class MatchEventRepository:
             }
             for event in events
         ]
-        await self._collection.insert_many(documents, ordered=False)

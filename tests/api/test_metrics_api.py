@@ -52,10 +52,7 @@ async def wait_for_metrics(
         response = await client.get(f"/api/matches/{match_id}/metrics")
         if response.status_code == 200:
             body = response.json()
-            if (
-                body["totalEvents"] == total
-                and body["responseTimeMs"]["samples"] == samples
-            ):
+            if body["totalEvents"] == total and body["responseTimeMs"]["samples"] == samples:
                 return body
         await asyncio.sleep(0.05)
     raise AssertionError(f"metrics of {match_id} never reached {total} events: {body}")
@@ -80,7 +77,12 @@ async def test_known_distribution_gives_exact_metrics(client: AsyncTestClient[Li
     derby = await wait_for_metrics(client, DERBY, total=8, samples=10)
     assert derby["status"] == "ended"
     assert derby["eventsByType"] == {
-        "match_start": 1, "goal": 3, "yellow_card": 1, "corner": 1, "foul": 1, "match_end": 1,
+        "match_start": 1,
+        "goal": 3,
+        "yellow_card": 1,
+        "corner": 1,
+        "foul": 1,
+        "match_end": 1,
     }
     assert derby["eventsByTeam"] == {"al-hilal": 5, "al-nassr": 3}
     assert derby["firstEventAt"] == "2025-05-10T18:00:05Z"
@@ -100,7 +102,9 @@ async def test_known_distribution_gives_exact_metrics(client: AsyncTestClient[Li
         {"minute": "2025-05-10T19:50:00Z", "events": 1},
     ]
     assert derby["busiestWindow"] == {
-        "start": "2025-05-10T18:10:00Z", "end": "2025-05-10T18:15:00Z", "events": 3,
+        "start": "2025-05-10T18:10:00Z",
+        "end": "2025-05-10T18:15:00Z",
+        "events": 3,
     }
     response_time = derby["responseTimeMs"]
     assert 0 < response_time["p50"] <= response_time["p95"] <= response_time["p99"]
@@ -110,7 +114,9 @@ async def test_known_distribution_gives_exact_metrics(client: AsyncTestClient[Li
     assert friendly["status"] == "scheduled"
     assert friendly["eventsByType"] == {"corner": 4}
     assert [p["minute"] for p in friendly["peakEngagementPeriods"]] == [
-        "2025-05-11T12:00:00Z", "2025-05-11T12:01:00Z", "2025-05-11T12:02:00Z",
+        "2025-05-11T12:00:00Z",
+        "2025-05-11T12:01:00Z",
+        "2025-05-11T12:02:00Z",
         "2025-05-11T12:03:00Z",
     ]
     assert friendly["busiestWindow"]["events"] == 4

@@ -1,0 +1,343 @@
+"""Request validation: what a producer's body turns into, and the exact reasons it is refused."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from fanfinity.schemas import (
+    EventType,
+    InvalidFields,
+    MalformedBody,
+    MatchEventIn,
+    ValidEvent,
+    convert_event,
+    decode_batch,
+    decode_event,
+    payload_fingerprint,
+)
+
+NOW = datetime(2025, 5, 10, 20, 0, tzinfo=UTC)
+
+
+def goal(**changes: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "eventId": "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
+        "matchId": "alhilal-vs-alnassr",
+        "eventType": "goal",
+        "timestamp": "2025-05-10T19:42:07+03:00",
+        "teamId": "al-hilal",
+        "playerId": "player-9",
+        "metadata": {"minute": 42, "assist": "player-7"},
+    }
+    event.update(changes)
+    return event
+
+
+def without(field: str) -> dict[str, Any]:
+    event = goal()
+    del event[field]
+    return event
+
+
+def encode(event: Any) -> bytes:
+    return json.dumps(event).encode()
+
+
+def decode(event: Any) -> ValidEvent:
+    return decode_event(encode(event), NOW)
+
+
+def refused_fields(event: Any) -> list[str]:
+    with pytest.raises(InvalidFields) as refused:
+        decode(event)
+    return [error.field for error in refused.value.errors]
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A metadata object `depth` objects deep (the metadata object itself is level 1)."""
+    value: dict[str, Any] = {"leaf": True}
+    for _ in range(depth - 1):
+        value = {"inner": value}
+    return value
+
+
+# decode_event: accepted
+
+
+def test_valid_event_is_decoded_with_every_field() -> None:
+    event = decode(goal())
+
+    assert event.event_id == "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+    assert event.match_id == "alhilal-vs-alnassr"
+    assert event.event_type is EventType.GOAL
+    assert event.team_id == "al-hilal"
+    assert event.player_id == "player-9"
+    assert event.metadata == {"minute": 42, "assist": "player-7"}
+
+
+def test_timestamp_is_normalised_to_utc() -> None:
+    event = decode(goal(timestamp="2025-05-10T19:42:07+03:00"))
+
+    assert event.timestamp == datetime(2025, 5, 10, 16, 42, 7, tzinfo=UTC)
+    assert event.timestamp.utcoffset() == timedelta(0)
+
+
+def test_timestamp_with_z_suffix_is_accepted() -> None:
+    event = decode(goal(timestamp="2025-05-10T16:42:07Z"))
+
+    assert event.timestamp == datetime(2025, 5, 10, 16, 42, 7, tzinfo=UTC)
+
+
+def test_missing_event_id_is_replaced_by_a_fresh_uuid4() -> None:
+    first = decode(without("eventId"))
+    second = decode(without("eventId"))
+
+    assert uuid.UUID(first.event_id).version == 4
+    assert first.event_id != second.event_id
+
+
+def test_optional_player_and_metadata_may_be_left_out() -> None:
+    event = {
+        "matchId": "alhilal-vs-alnassr",
+        "eventType": "match_start",
+        "timestamp": "2025-05-10T19:00:00Z",
+        "teamId": "al-hilal",
+    }
+
+    decoded = decode(event)
+
+    assert decoded.player_id is None
+    assert decoded.metadata is None
+
+
+def test_identifier_of_64_allowed_characters_is_accepted() -> None:
+    match_id = "Al-Hilal_vs.AlNassr:2025-" + "x" * 39
+
+    assert len(match_id) == 64
+    assert decode(goal(matchId=match_id)).match_id == match_id
+
+
+def test_metadata_eight_levels_deep_is_accepted() -> None:
+    assert decode(goal(metadata=nested(8))).metadata == nested(8)
+
+
+def test_metadata_just_under_16_kib_is_accepted() -> None:
+    metadata = {"notes": "x" * (16 * 1024 - len('{"notes":""}'))}
+
+    assert len(msgspec.json.encode(metadata)) == 16 * 1024
+    assert decode(goal(metadata=metadata)).metadata == metadata
+
+
+def test_timestamp_just_under_24_hours_ahead_is_accepted() -> None:
+    soon = (NOW + timedelta(hours=23, minutes=59)).isoformat()
+
+    assert decode(goal(timestamp=soon)).timestamp == NOW + timedelta(hours=23, minutes=59)
+
+
+# decode_event: refused with the offending field
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        pytest.param(goal(eventType="dance"), "$.eventType", id="unknown-event-type"),
+        pytest.param(goal(timestamp="2025-05-10T19:42:07"), "$.timestamp", id="naive-timestamp"),
+        pytest.param(goal(timestamp="yesterday"), "$.timestamp", id="not-a-timestamp"),
+        pytest.param(goal(matchId="m" * 65), "$.matchId", id="match-id-too-long"),
+        pytest.param(goal(matchId=""), "$.matchId", id="match-id-empty"),
+        pytest.param(goal(matchId="al hilal"), "$.matchId", id="match-id-with-space"),
+        pytest.param(goal(matchId="al/hilal"), "$.matchId", id="match-id-with-slash"),
+        pytest.param(goal(teamId="al$hilal"), "$.teamId", id="team-id-with-dollar"),
+        pytest.param(goal(playerId=9), "$.playerId", id="player-id-not-a-string"),
+        pytest.param(goal(eventId="not-a-uuid"), "$.eventId", id="event-id-not-a-uuid"),
+        pytest.param(goal(metadata=[1, 2]), "$.metadata", id="metadata-not-an-object"),
+        pytest.param(
+            goal(metadata={"notes": "x" * (16 * 1024)}), "$.metadata", id="metadata-over-16-kib"
+        ),
+        pytest.param(goal(metadata=nested(9)), "$.metadata", id="metadata-nine-levels-deep"),
+        pytest.param(
+            goal(metadata={"list": [[[[[[[[1]]]]]]]]}), "$.metadata", id="metadata-deep-lists"
+        ),
+        pytest.param(goal(metadata={"$where": "1"}), "$.metadata", id="metadata-dollar-key"),
+        pytest.param(
+            goal(metadata={"a": {"b": [{"$gt": 1}]}}), "$.metadata", id="metadata-nested-dollar"
+        ),
+        pytest.param(goal(metadata={"a.b": 1}), "$.metadata", id="metadata-dotted-key"),
+        pytest.param(
+            goal(timestamp="2025-05-11T20:00:01Z"), "$.timestamp", id="more-than-24h-ahead"
+        ),
+        pytest.param(goal(timestamp="1999-12-31T23:59:59Z"), "$.timestamp", id="before-2000"),
+        pytest.param(goal(goals=3), "$.goals", id="unknown-top-level-field"),
+        pytest.param(without("teamId"), "$.teamId", id="missing-team-id"),
+    ],
+)
+def test_invalid_event_is_refused_naming_the_offending_field(event: Any, field: str) -> None:
+    assert refused_fields(event) == [field]
+
+
+@pytest.mark.parametrize("body", [b"[]", b"42", b'"goal"', b"null"])
+def test_json_that_is_not_an_object_is_invalid_fields_not_malformed(body: bytes) -> None:
+    with pytest.raises(InvalidFields) as refused:
+        decode_event(body, NOW)
+
+    assert [error.field for error in refused.value.errors] == ["$"]
+
+
+def test_every_refusal_carries_a_readable_message() -> None:
+    with pytest.raises(InvalidFields) as refused:
+        decode(goal(eventType="dance"))
+
+    assert "dance" in refused.value.errors[0].message
+    assert "$.eventType" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"matchId": "m1",', id="truncated"),
+        pytest.param(b"{matchId: m1}", id="unquoted"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+    ],
+)
+def test_invalid_json_is_malformed_body(body: bytes) -> None:
+    with pytest.raises(MalformedBody, match="not valid JSON"):
+        decode_event(body, NOW)
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n"])
+def test_empty_body_is_malformed_body(body: bytes) -> None:
+    with pytest.raises(MalformedBody, match="empty"):
+        decode_event(body, NOW)
+
+
+# decode_batch
+
+
+def test_batch_array_gives_its_items_unvalidated() -> None:
+    items = decode_batch(encode([goal(), {"anything": "goes here"}]))
+
+    assert items == [goal(), {"anything": "goes here"}]
+
+
+def test_batch_wrapped_in_events_object_is_accepted() -> None:
+    assert decode_batch(encode({"events": [goal()]})) == [goal()]
+
+
+def test_batch_of_500_events_is_accepted() -> None:
+    assert len(decode_batch(encode([goal()] * 500))) == 500
+
+
+@pytest.mark.parametrize(
+    ("batch", "reason"),
+    [
+        pytest.param([], "empty", id="empty-array"),
+        pytest.param({"events": []}, "empty", id="empty-events"),
+        pytest.param([goal()] * 501, "at most 500", id="501-events"),
+        pytest.param(goal(), "array", id="single-event-object"),
+        pytest.param({"events": [goal()], "source": "feed"}, "array", id="events-with-extra-key"),
+        pytest.param({"events": goal()}, "array", id="events-not-a-list"),
+        pytest.param("goal", "array", id="string"),
+    ],
+)
+def test_batch_outside_the_limits_is_refused_as_a_whole(batch: Any, reason: str) -> None:
+    with pytest.raises(InvalidFields) as refused:
+        decode_batch(encode(batch))
+
+    assert [error.field for error in refused.value.errors] == ["$"]
+    assert reason in refused.value.errors[0].message
+
+
+@pytest.mark.parametrize("body", [b"", b"[{", b"not json"])
+def test_batch_that_is_not_json_is_malformed_body(body: bytes) -> None:
+    with pytest.raises(MalformedBody):
+        decode_batch(body)
+
+
+# convert_event (one batch item)
+
+
+def test_batch_item_is_validated_like_a_single_event() -> None:
+    event = convert_event(goal(), NOW, "$[0]")
+
+    assert event == decode(goal())
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        pytest.param(goal(teamId=7), "$[3].teamId", id="wrong-type"),
+        pytest.param(without("matchId"), "$[3].matchId", id="missing-field"),
+        pytest.param(goal(goals=3), "$[3].goals", id="unknown-field"),
+        pytest.param(goal(metadata={"$set": 1}), "$[3].metadata", id="bad-metadata"),
+        pytest.param(goal(timestamp="2030-01-01T00:00:00Z"), "$[3].timestamp", id="future"),
+        pytest.param("goal", "$[3]", id="not-an-object"),
+    ],
+)
+def test_batch_item_errors_name_the_item_position(item: Any, field: str) -> None:
+    with pytest.raises(InvalidFields) as refused:
+        convert_event(item, NOW, "$[3]")
+
+    assert [error.field for error in refused.value.errors] == [field]
+
+
+# payload_fingerprint
+
+
+def test_same_payload_has_the_same_fingerprint_whatever_the_key_order_and_offset() -> None:
+    first = goal(
+        timestamp="2025-05-10T19:42:07+03:00",
+        metadata={"minute": 42, "var": {"checked": True, "overturned": False}},
+    )
+    second = {
+        "metadata": {"var": {"overturned": False, "checked": True}, "minute": 42},
+        "teamId": "al-hilal",
+        "timestamp": "2025-05-10T16:42:07Z",
+        "playerId": "player-9",
+        "eventType": "goal",
+        "matchId": "alhilal-vs-alnassr",
+    }
+
+    assert decode(first).fingerprint == decode(second).fingerprint
+
+
+def test_fingerprint_ignores_the_event_id() -> None:
+    assert decode(goal()).fingerprint == decode(without("eventId")).fingerprint
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        pytest.param(goal(matchId="alhilal-vs-ittihad"), id="matchId"),
+        pytest.param(goal(eventType="own_goal"), id="eventType"),
+        pytest.param(goal(timestamp="2025-05-10T19:42:08+03:00"), id="timestamp"),
+        pytest.param(goal(teamId="al-nassr"), id="teamId"),
+        pytest.param(goal(playerId="player-10"), id="playerId"),
+        pytest.param(without("playerId"), id="playerId-absent"),
+        pytest.param(goal(metadata={"minute": 43, "assist": "player-7"}), id="metadata-value"),
+        pytest.param(goal(metadata={"minute": 42}), id="metadata-key-removed"),
+        pytest.param(without("metadata"), id="metadata-absent"),
+    ],
+)
+def test_fingerprint_changes_when_any_payload_field_changes(changed: dict[str, Any]) -> None:
+    assert decode(changed).fingerprint != decode(goal()).fingerprint
+
+
+def test_fingerprint_of_a_struct_uses_the_given_utc_timestamp() -> None:
+    raw = MatchEventIn(
+        match_id="alhilal-vs-alnassr",
+        event_type=EventType.GOAL,
+        timestamp=datetime(2025, 5, 10, 16, 42, 7, tzinfo=UTC),
+        team_id="al-hilal",
+    )
+
+    same = payload_fingerprint(raw, datetime(2025, 5, 10, 16, 42, 7, tzinfo=UTC))
+    later = payload_fingerprint(raw, datetime(2025, 5, 10, 16, 42, 8, tzinfo=UTC))
+
+    assert same == payload_fingerprint(raw, raw.timestamp)
+    assert same != later
