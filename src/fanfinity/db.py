@@ -16,6 +16,7 @@ from beanie import init_beanie
 from loguru import logger
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import WriteConcern
+from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 
 from fanfinity.config import Settings
@@ -37,6 +38,7 @@ from fanfinity.store import (
 
 T = TypeVar("T")
 DURABLE = WriteConcern(w="majority", j=True)
+NAMESPACE_EXISTS = 48
 
 
 class UnitOfWork(Protocol):
@@ -118,14 +120,16 @@ async def _open_mongodb(settings: Settings) -> Engine:
         appname="fanfinity",
     )
     database = client[settings.db_name]
-    await init_beanie(database=database, document_models=[*SERVICE_DOCUMENTS, MatchEvent])
+    await _init_documents(database)
     events = database.get_collection(EVENTS, write_concern=DURABLE)
     logger.info("storage engine: MongoDB database {!r}", settings.db_name)
     return Engine(
         name="mongodb",
         client=client,
         database=database,
-        events=EventRepository(events),
+        events=EventRepository(
+            events, majority_reads=events.with_options(read_concern=ReadConcern("majority"))
+        ),
         summaries=SummaryRepository(database[MATCH_SUMMARIES]),
         checkpoints=CheckpointRepository(database[CHECKPOINTS]),
         match_events=MatchEventRepository(database[MATCH_EVENTS]),
@@ -133,6 +137,20 @@ async def _open_mongodb(settings: Settings) -> Engine:
         unit_of_work=MongoTransaction(client),
         ping_timeout_s=settings.store_timeout_s,
     )
+
+
+async def _init_documents(database: Any, attempts: int = 3) -> None:
+    """Create collections and indexes; an API and an aggregator starting on a fresh database at the
+    same moment can both try to create the time-series collection, and one then loses the race."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await init_beanie(database=database, document_models=[*SERVICE_DOCUMENTS, MatchEvent])
+            return
+        except OperationFailure as exc:
+            if exc.code != NAMESPACE_EXISTS or attempt == attempts:
+                raise
+            logger.info("collections were being created by another process; retrying")
+            await asyncio.sleep(0.5 * attempt)
 
 
 async def _open_embedded(settings: Settings) -> Engine:

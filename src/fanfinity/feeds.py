@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ class ChangeBatch:
 class ChangeFeed(Protocol):
     def changes(
         self, start: Position, max_batch: int, max_wait_s: float
-    ) -> AsyncIterator[ChangeBatch]:
+    ) -> AsyncGenerator[ChangeBatch, None]:
         """Batches after `start`, empty ones included (they advance the position when idle)."""
         ...
 
@@ -74,7 +74,7 @@ class InProcessChangeFeed:
 
     async def changes(
         self, start: Position, max_batch: int, max_wait_s: float
-    ) -> AsyncIterator[ChangeBatch]:
+    ) -> AsyncGenerator[ChangeBatch, None]:
         cursor = int(start.get("sequence", 0))
         while True:
             if cursor < self._base:
@@ -112,7 +112,7 @@ class MongoChangeFeed:
 
     async def changes(
         self, start: Position, max_batch: int, max_wait_s: float
-    ) -> AsyncIterator[ChangeBatch]:
+    ) -> AsyncGenerator[ChangeBatch, None]:
         options: dict[str, Any] = {
             "full_document": "default",
             "max_await_time_ms": max(1, int(max_wait_s * 1000)),

@@ -97,6 +97,7 @@ class MatchEvent(Document):
         )
         indexes: ClassVar[list[IndexModel]] = [
             IndexModel([("meta.matchId", ASCENDING), ("timestamp", ASCENDING)], name="match_time"),
+            IndexModel([("eventId", ASCENDING)], name="event_id"),
         ]
 
 

@@ -40,8 +40,18 @@ class CheckpointConflict(Exception):
     """Another aggregator (or a rebuild) moved the checkpoint: this copy must not apply."""
 
 
+class WriteNotConfirmed(Exception):
+    """Documents may be written, but majority/journal was not confirmed: none is durable yet."""
+
+
 def insert_report(error: BulkWriteError) -> InsertReport:
-    """The one place that reads a BulkWriteError (MongoDB and mongomock share this shape)."""
+    """The one place that reads a BulkWriteError (MongoDB and mongomock share this shape).
+
+    A write concern error (step-down, majority unreachable) fails the whole batch: the inserts
+    may be rolled back, so none of them may be acknowledged. Retries resolve them idempotently.
+    """
+    if error.details.get("writeConcernErrors"):
+        raise WriteNotConfirmed(str(error.details["writeConcernErrors"][0].get("errmsg", "")))
     duplicates: set[int] = set()
     failed: dict[int, str] = {}
     for write_error in error.details.get("writeErrors", []):
@@ -60,10 +70,12 @@ class EventRepository:
         collection: Any,
         on_inserted: Callable[[Sequence[Mapping[str, Any]]], None] | None = None,
         write_lock: Any = None,
+        majority_reads: Any = None,
     ) -> None:
         self._collection = collection
         self._on_inserted = on_inserted
         self._write_lock = write_lock
+        self._majority_reads = majority_reads if majority_reads is not None else collection
 
     async def insert_many(self, documents: Sequence[Mapping[str, Any]]) -> InsertReport:
         """One unordered insert: duplicates and bad documents do not stop the rest landing."""
@@ -84,7 +96,9 @@ class EventRepository:
         return report
 
     async def fingerprints(self, event_ids: Iterable[str]) -> dict[str, str]:
-        cursor = self._collection.find(
+        """Stored payload hashes, read with majority read concern: a duplicate whose first copy is
+        not yet majority-committed is not found, so its retry is not acknowledged early."""
+        cursor = self._majority_reads.find(
             {"_id": {"$in": list(event_ids)}}, projection={"fingerprint": 1}
         )
         return {doc["_id"]: doc.get("fingerprint", "") async for doc in cursor}
@@ -99,7 +113,7 @@ class EventRepository:
         """Every stored event (of one match, or all), `size` at a time, in `_id` order."""
         query: dict[str, Any] = {"matchId": match_id} if match_id else {}
         chunk: list[dict[str, Any]] = []
-        async for document in self._collection.find(query).sort("_id", 1):
+        async for document in self._majority_reads.find(query).sort("_id", 1):
             chunk.append(document)
             if len(chunk) >= size:
                 yield chunk

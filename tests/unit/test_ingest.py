@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pymongo.errors import AutoReconnect
+from pymongo.errors import AutoReconnect, BulkWriteError
 
 from fanfinity.db import Engine
 from fanfinity.errors import IngestOverloaded, ShuttingDown, StoreUnavailable
@@ -27,7 +27,7 @@ from fanfinity.ingest import (
 )
 from fanfinity.models import EVENTS
 from fanfinity.schemas import decode_event
-from fanfinity.store import EventRepository, InsertReport
+from fanfinity.store import EventRepository, InsertReport, insert_report
 
 NOW = datetime(2025, 5, 10, 20, 0, tzinfo=UTC)
 PROMPTLY_S = 3.0  # far below the 10 s linger the size-flush tests configure
@@ -399,3 +399,31 @@ def test_clean_insert_accepts_every_document() -> None:
     documents = [{"_id": "a", "fingerprint": "1"}, {"_id": "b", "fingerprint": "2"}]
 
     assert resolve_outcomes(documents, InsertReport(), {}) == [WriteOutcome.ACCEPTED] * 2
+
+
+class UnconfirmedWritesRepository(EventRepository):
+    """Inserts land but the write concern fails, as during a primary step-down."""
+
+    async def _insert(self, documents: Sequence[Mapping[str, Any]]) -> InsertReport:
+        await super()._insert(documents)
+        return insert_report(
+            BulkWriteError(
+                {
+                    "nInserted": len(documents),
+                    "writeErrors": [],
+                    "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication"}],
+                }
+            )
+        )
+
+
+async def test_unconfirmed_write_concern_gives_every_waiter_503_not_202(
+    events_collection: Any, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(UnconfirmedWritesRepository(events_collection))
+    results = await asyncio.gather(
+        *(batcher.submit(goal(event_id(900 + i)), time.perf_counter()) for i in range(3)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(result, StoreUnavailable) for result in results)
+    assert batcher.acknowledged == 0

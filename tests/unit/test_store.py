@@ -11,7 +11,7 @@ from pymongo.errors import BulkWriteError
 from fanfinity.aggregation import fold_events
 from fanfinity.db import Engine
 from fanfinity.reads import match_metrics
-from fanfinity.store import CheckpointConflict, InsertReport, insert_report
+from fanfinity.store import CheckpointConflict, InsertReport, WriteNotConfirmed, insert_report
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 
@@ -223,3 +223,16 @@ async def test_advancing_from_a_stale_generation_is_a_conflict_and_moves_nothing
     checkpoint = await engine.checkpoints.load()
     assert checkpoint is not None
     assert (checkpoint["generation"], checkpoint["position"]) == (2, {"sequence": 10})
+
+
+def test_write_concern_error_means_no_event_of_the_batch_is_confirmed() -> None:
+    """A step-down can leave every insert applied but not majority-committed: none is durable."""
+    error = BulkWriteError(
+        {
+            "nInserted": 3,
+            "writeErrors": [],
+            "writeConcernErrors": [{"code": 91, "errmsg": "Replication is being shut down"}],
+        }
+    )
+    with pytest.raises(WriteNotConfirmed, match="Replication is being shut down"):
+        insert_report(error)
