@@ -29,6 +29,7 @@ from fanfinity.errors import EXCEPTION_HANDLERS
 from fanfinity.ingest import IngestBatcher, IngestLatencyRecorder
 from fanfinity.metrics import exposition
 from fanfinity.middleware import request_context_middleware
+from fanfinity.ratelimit import TokenBucketLimiter
 from fanfinity.reads import MatchMetricsReader
 
 Role = Literal["api", "aggregator"]
@@ -123,6 +124,11 @@ async def _run_services(
         batcher=batcher,
         reader=MatchMetricsReader(engine.summaries, settings.metrics_cache_ms / 1000),
         aggregator=aggregator,
+        limiter=(
+            TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+            if settings.rate_limit_per_s > 0
+            else None
+        ),
     )
     app.state.settings = settings
     app.state.services = services

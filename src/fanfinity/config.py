@@ -52,6 +52,10 @@ class Settings:
     active_window_min: float = 10.0
     shutdown_grace_s: float = 10.0
     cors_origins: tuple[str, ...] = ()
+    rate_limit_per_s: float = 20_000.0
+    rate_limit_burst: int = 40_000
+    stream_interval_ms: float = 500.0
+    stream_max_subscribers: int = 20_000
 
     @property
     def embedded(self) -> bool:
@@ -112,6 +116,24 @@ class Settings:
                 "FANFINITY_SHUTDOWN_GRACE_S", _float_between(0, 600), defaults.shutdown_grace_s
             ),
             cors_origins=reader.get("FANFINITY_CORS_ORIGINS", _origins, defaults.cors_origins),
+            rate_limit_per_s=reader.get(
+                "FANFINITY_RATE_LIMIT_PER_S",
+                _float_between(0, 1_000_000),
+                defaults.rate_limit_per_s,
+            ),
+            rate_limit_burst=reader.get(
+                "FANFINITY_RATE_LIMIT_BURST", _int_between(1, 10_000_000), defaults.rate_limit_burst
+            ),
+            stream_interval_ms=reader.get(
+                "FANFINITY_STREAM_INTERVAL_MS",
+                _float_between(100, 10_000),
+                defaults.stream_interval_ms,
+            ),
+            stream_max_subscribers=reader.get(
+                "FANFINITY_STREAM_MAX_SUBSCRIBERS",
+                _int_between(1, 1_000_000),
+                defaults.stream_max_subscribers,
+            ),
         )
         settings.check_consistency()
         return settings

@@ -15,6 +15,7 @@ from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, Parameter
 
+from fanfinity import metrics
 from fanfinity.aggregation import STATUS_NAMES, as_utc, name_from_field_key, status_name
 from fanfinity.aggregator import Aggregator
 from fanfinity.auth import require_producer_key, require_read_key
@@ -26,11 +27,13 @@ from fanfinity.errors import (
     EventNotFound,
     MatchNotFound,
     Problem,
+    RateLimited,
     StoreUnavailable,
     UnsupportedMediaType,
 )
 from fanfinity.ingest import IngestBatcher, WriteOutcome, event_document
 from fanfinity.openapi import operation_with_json_body
+from fanfinity.ratelimit import TokenBucketLimiter
 from fanfinity.reads import MatchMetricsReader
 from fanfinity.schemas import (
     MAX_BATCH_BYTES,
@@ -75,12 +78,30 @@ class Services:
     batcher: IngestBatcher
     reader: MatchMetricsReader
     aggregator: Aggregator | None
+    limiter: TokenBucketLimiter | None = None
     accepting: bool = True
 
 
 def services_of(request: Request[Any, Any, Any]) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+def check_rate(request: Request[Any, Any, Any], services: Services, cost: int) -> dict[str, str]:
+    """Charge `cost` events to the caller's bucket; raises `RateLimited`, else returns headers."""
+    if services.limiter is None:
+        return {}
+    key = request.headers.get("x-api-key") or (request.client.host if request.client else "-")
+    decision = services.limiter.take(key, cost)
+    if not decision.allowed:
+        metrics.INGEST_REJECTED.labels("rate_limited").inc(cost)
+        raise RateLimited(
+            f"this API key may send {decision.limit} events at once and is refilled continuously; "
+            f"retry in {decision.retry_after_s}s",
+            decision.headers(),
+            decision.retry_after_s,
+        )
+    return decision.headers()
 
 
 def require_json(request: Request[Any, Any, Any]) -> None:
@@ -107,6 +128,7 @@ def _problem(status: int, title: str) -> ResponseSpec:
 
 
 WRITE_ERRORS = {
+    429: _problem(429, "Rate limit of this API key reached (see Retry-After, RateLimit-*)"),
     400: _problem(400, "Malformed JSON"),
     401: _problem(401, "Missing or invalid X-API-Key"),
     413: _problem(413, "Body too large"),
@@ -143,6 +165,7 @@ class EventController(Controller):
         received = time.perf_counter()
         services = services_of(request)
         require_producer_key(request, services.settings)
+        rate_headers = check_rate(request, services, 1)
         require_json(request)
         now = datetime.now(UTC)
         event = decode_event(await read_body(request), now)
@@ -151,7 +174,7 @@ class EventController(Controller):
             raise DuplicateEventConflict(event.event_id)
         if outcome is WriteOutcome.FAILED:
             raise StoreUnavailable("the event store rejected the write", 1, event.event_id)
-        headers = {"Location": f"/api/events/{event.event_id}"}
+        headers = {"Location": f"/api/events/{event.event_id}", **rate_headers}
         if outcome is WriteOutcome.DUPLICATE:
             headers["Idempotent-Replayed"] = "true"
         return Response(
@@ -184,6 +207,7 @@ class EventController(Controller):
         require_json(request)
         now = datetime.now(UTC)
         items = decode_batch(await read_body(request))
+        rate_headers = check_rate(request, services, len(items))
         results: list[BatchItemResult | None] = [None] * len(items)
         waiting: list[tuple[int, ValidEvent, asyncio.Future[WriteOutcome]]] = []
         unavailable: StoreUnavailable | None = None
@@ -217,7 +241,7 @@ class EventController(Controller):
             rejected=len(final) - len(stored),
             items=final,
         )
-        headers = {"Retry-After": "1"} if unavailable is not None else {}
+        headers = {**rate_headers, "Retry-After": "1"} if unavailable is not None else rate_headers
         return Response(
             content=msgspec.json.encode(body), status_code=200, media_type=JSON, headers=headers
         )

@@ -102,6 +102,21 @@ class UnsupportedMediaType(ServiceError):
     title = "Unsupported media type"
 
 
+class RateLimited(ServiceError):
+    """This producer key sent more events than its token bucket allows."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many events from this API key"
+
+    def __init__(self, detail: str, headers: dict[str, str], retry_after_s: int) -> None:
+        super().__init__(detail)
+        self._headers = {**headers, "Retry-After": str(retry_after_s)}
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+
 class StoreUnavailable(ServiceError):
     """The event could not be made durable in time; retrying with the same eventId is safe."""
 

@@ -275,3 +275,29 @@ class TestBatch:
     async def test_batch_needs_a_producer_key(self, client: AsyncTestClient[Litestar]) -> None:
         del client.headers["X-API-Key"]
         assert_problem(await client.post("/api/events/batch", json=[goal()]), 401)
+
+
+async def test_a_flood_from_one_key_gets_429_with_retry_after(settings: Settings) -> None:
+    strict = with_settings(settings, rate_limit_per_s=1.0, rate_limit_burst=2)
+    async with AsyncTestClient(app=create_app(strict)) as client:
+        client.headers["X-API-Key"] = PRODUCER_KEY
+        answers = [await client.post("/api/events", json=goal()) for _ in range(3)]
+        other_key = await client.post(
+            "/api/events", json=goal(), headers={"X-API-Key": OTHER_PRODUCER_KEY}
+        )
+    assert [a.status_code for a in answers[:2]] == [202, 202]
+    assert answers[0].headers["ratelimit-limit"] == "2"
+    problem = assert_problem(answers[2], 429)
+    assert "retry" in problem["detail"]
+    assert int(answers[2].headers["retry-after"]) >= 1
+    assert answers[2].headers["ratelimit-remaining"] == "0"
+    assert other_key.status_code == 202
+
+
+async def test_rate_limit_zero_turns_it_off(settings: Settings) -> None:
+    unlimited = with_settings(settings, rate_limit_per_s=0.0, rate_limit_burst=1)
+    async with AsyncTestClient(app=create_app(unlimited)) as client:
+        client.headers["X-API-Key"] = PRODUCER_KEY
+        answers = [await client.post("/api/events", json=goal()) for _ in range(5)]
+    assert {a.status_code for a in answers} == {202}
+    assert "ratelimit-limit" not in answers[0].headers

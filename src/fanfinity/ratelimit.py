@@ -1,0 +1,69 @@
+"""Per-producer token buckets: a burst is allowed, a sustained flood gets 429 + Retry-After.
+
+Limits hold per replica (the buckets live in this process). A limit shared by all replicas would
+keep the buckets in a shared store (a Redis ``INCR`` per key and window, or a MongoDB document per
+key with ``$inc``), at the price of a round trip per request: see the README.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+MAX_TRACKED_KEYS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int
+    retry_after_s: int
+
+    def headers(self) -> dict[str, str]:
+        """The RateLimit-* fields producers read (IETF httpapi draft, widely deployed form)."""
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+        }
+
+
+class TokenBucketLimiter:
+    """`rate_per_s` tokens a second per key, up to `burst`; an event costs one token."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self._rate = rate_per_s
+        self._burst = max(burst, 1)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, cost: int = 1, now: float | None = None) -> RateDecision:
+        moment = time.monotonic() if now is None else now
+        tokens, updated = self._buckets.get(key, (float(self._burst), moment))
+        tokens = min(float(self._burst), tokens + (moment - updated) * self._rate)
+        allowed = tokens >= cost
+        if allowed:
+            tokens -= cost
+        if key not in self._buckets and len(self._buckets) >= MAX_TRACKED_KEYS:
+            self._forget_full_buckets(moment)
+        self._buckets[key] = (tokens, moment)
+        missing = max(0.0, cost - tokens)
+        return RateDecision(
+            allowed=allowed,
+            limit=self._burst,
+            remaining=max(0, int(tokens)),
+            reset_s=math.ceil((self._burst - tokens) / self._rate),
+            retry_after_s=0 if allowed else max(1, math.ceil(missing / self._rate)),
+        )
+
+    def _forget_full_buckets(self, now: float) -> None:
+        """Keys whose bucket has refilled carry no state worth keeping."""
+        self._buckets = {
+            key: (tokens, updated)
+            for key, (tokens, updated) in self._buckets.items()
+            if tokens + (now - updated) * self._rate < self._burst
+        }
+        if len(self._buckets) >= MAX_TRACKED_KEYS:
+            self._buckets.clear()
