@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
+import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -49,3 +52,20 @@ async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
 
 def with_settings(settings: Settings, **changes: object) -> Settings:
     return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+async def post_concurrently(
+    client: AsyncTestClient[Litestar], path: str, bodies: list[dict[str, Any]]
+) -> list[httpx.Response]:
+    """Really concurrent POSTs: AsyncTestClient runs each request to completion on its portal's
+    loop, so gathering its own calls would send them one at a time."""
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=client.app),
+            base_url="http://testserver.local",
+            headers={"X-API-Key": PRODUCER_KEY},
+        ) as http:
+            return await asyncio.gather(*(http.post(path, json=body) for body in bodies))
+
+    return await asyncio.to_thread(client.blocking_portal.call, post_all)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loguru import logger
+from opentelemetry.trace import Tracer
 
 from fanfinity import metrics
 from fanfinity.aggregation import (
@@ -29,6 +30,7 @@ from fanfinity.aggregation import (
 from fanfinity.db import Engine
 from fanfinity.feeds import ChangeBatch, HistoryLost, Position, describe_position
 from fanfinity.store import CheckpointConflict
+from fanfinity.tracing import commit_span
 
 FEED_WAIT_S = 0.2
 # Apply at most ~10 batches a second: under load each batch then carries more events, so the
@@ -57,11 +59,13 @@ class Aggregator:
         batch_size: int,
         stall_after_s: float,
         active_window: timedelta,
+        tracer: Tracer | None = None,
     ) -> None:
         self._engine = engine
         self._batch_size = batch_size
         self._stall_after_s = stall_after_s
         self._active_window = active_window
+        self._tracer = tracer
         self._stopping = asyncio.Event()
         self._running = False
         self._last_progress = time.monotonic()
@@ -156,7 +160,11 @@ class Aggregator:
             await self._engine.summaries.apply(increments.values(), applied_at, session)
             return new_generation
 
-        new_generation = await self._engine.unit_of_work.run(work)
+        if self._tracer is None:
+            new_generation = await self._engine.unit_of_work.run(work)
+        else:
+            with commit_span(self._tracer, len(events), len(increments), generation):
+                new_generation = await self._engine.unit_of_work.run(work)
         self._last_checkpoint_write = time.monotonic()
         if events:
             oldest = min(as_utc(event["receivedAt"]) for event in events)

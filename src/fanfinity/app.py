@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from types import FrameType
 from typing import Any, Literal
 
 from litestar import Litestar, Response, get
 from litestar.config.cors import CORSConfig
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -24,6 +27,7 @@ from fanfinity import __version__
 from fanfinity.aggregator import Aggregator
 from fanfinity.config import Settings
 from fanfinity.controllers import EventController, HealthController, MatchController, Services
+from fanfinity.dashboard import dashboard_page, static_files
 from fanfinity.db import open_engine
 from fanfinity.errors import EXCEPTION_HANDLERS
 from fanfinity.ingest import IngestBatcher, IngestLatencyRecorder
@@ -31,6 +35,8 @@ from fanfinity.metrics import exposition
 from fanfinity.middleware import request_context_middleware
 from fanfinity.ratelimit import TokenBucketLimiter
 from fanfinity.reads import MatchMetricsReader
+from fanfinity.streams import StreamHub
+from fanfinity.tracing import Tracing, start_tracing
 
 Role = Literal["api", "aggregator"]
 
@@ -42,22 +48,35 @@ def prometheus_metrics() -> Response[bytes]:
     return Response(body, media_type=content_type)
 
 
-def create_app(settings: Settings | None = None, role: Role = "api") -> Litestar:
-    """The API (role "api") or the aggregator's probe-only app (role "aggregator")."""
+def create_app(
+    settings: Settings | None = None, role: Role = "api", drain_on_signals: bool = False
+) -> Litestar:
+    """The API (role "api") or the aggregator's probe-only app (role "aggregator").
+
+    `drain_on_signals` (set by the CLI, not by tests) ends live streams and reports not-ready as
+    soon as SIGTERM/SIGINT arrives, instead of when uvicorn has finished waiting for them.
+    """
     settings = settings or Settings.from_env()
+    tracing = start_tracing(settings)
     run_aggregator = role == "aggregator" or settings.aggregator_enabled
     route_handlers: list[Any] = [HealthController, prometheus_metrics]
     if role == "api":
-        route_handlers += [EventController, MatchController]
+        route_handlers += [EventController, MatchController, dashboard_page, static_files]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with _run_services(app, settings, run_aggregator):
-            yield
+        async with _run_services(app, settings, run_aggregator, tracing) as services:
+            restore = _drain_on_termination(services) if drain_on_signals else None
+            try:
+                yield
+            finally:
+                if restore is not None:
+                    restore()
 
     return Litestar(
         route_handlers=route_handlers,
-        middleware=[request_context_middleware],
+        middleware=[DefineMiddleware(request_context_middleware, trace_ids=tracing is not None)],
+        plugins=[] if tracing is None else [tracing.plugin],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         cors_config=(
@@ -87,7 +106,6 @@ def create_app(settings: Settings | None = None, role: Role = "api") -> Litestar
                     )
                 }
             ),
-            security=[{"apiKey": []}],
         ),
         debug=False,
         state=None,
@@ -96,9 +114,10 @@ def create_app(settings: Settings | None = None, role: Role = "api") -> Litestar
 
 @contextlib.asynccontextmanager
 async def _run_services(
-    app: Litestar, settings: Settings, run_aggregator: bool
-) -> AsyncIterator[None]:
-    engine = await open_engine(settings)
+    app: Litestar, settings: Settings, run_aggregator: bool, tracing: Tracing | None
+) -> AsyncIterator[Services]:
+    tracer = None if tracing is None else tracing.tracer
+    engine = await open_engine(settings, [] if tracing is None else tracing.mongo_listeners)
     latency = IngestLatencyRecorder(engine.summaries)
     batcher = IngestBatcher(
         engine.events,
@@ -107,6 +126,7 @@ async def _run_services(
         linger_s=settings.batch_linger_ms / 1000,
         queue_max=settings.ingest_queue_max,
         store_timeout_s=settings.store_timeout_s,
+        tracer=tracer,
     )
     aggregator = (
         Aggregator(
@@ -114,16 +134,21 @@ async def _run_services(
             batch_size=settings.aggregator_batch_size,
             stall_after_s=settings.aggregator_stall_s,
             active_window=timedelta(minutes=settings.active_window_min),
+            tracer=tracer,
         )
         if run_aggregator
         else None
     )
+    reader = MatchMetricsReader(engine.summaries, settings.metrics_cache_ms / 1000)
     services = Services(
         settings=settings,
         engine=engine,
         batcher=batcher,
-        reader=MatchMetricsReader(engine.summaries, settings.metrics_cache_ms / 1000),
+        reader=reader,
         aggregator=aggregator,
+        streams=StreamHub(
+            reader, settings.stream_interval_ms / 1000, settings.stream_max_subscribers
+        ),
         limiter=(
             TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
             if settings.rate_limit_per_s > 0
@@ -141,11 +166,47 @@ async def _run_services(
     )
     logger.info("fanfinity {} ready on the {} engine", __version__, engine.name)
     try:
-        yield
+        yield services
     finally:
         await asyncio.shield(
-            _shutdown(services, latency, latency_task, aggregator_task, settings.shutdown_grace_s)
+            _shutdown(
+                services, latency, latency_task, aggregator_task, settings.shutdown_grace_s, tracing
+            )
         )
+
+
+def _drain_on_termination(services: Services) -> Callable[[], None]:
+    """Chain a handler before uvicorn's SIGTERM/SIGINT handler; returns a function undoing it.
+
+    uvicorn stops accepting connections on SIGTERM but runs the lifespan shutdown only after open
+    responses finish, and an SSE stream never finishes by itself: without this, every deploy would
+    wait out the whole grace period with dashboards connected.
+    """
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {number: signal.getsignal(number) for number in signals}
+    draining: list[asyncio.Task[None]] = []
+
+    def start_draining() -> None:
+        if services.accepting:
+            services.accepting = False
+            logger.info("termination signal: not ready any more, ending live streams")
+            draining.append(loop.create_task(services.streams.close()))
+
+    def handler(number: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(start_draining)
+        chained = previous[signal.Signals(number)]
+        if callable(chained):
+            chained(number, frame)
+
+    for number in signals:
+        signal.signal(number, handler)
+
+    def restore() -> None:
+        for number, chained in previous.items():
+            signal.signal(number, chained)
+
+    return restore
 
 
 async def _shutdown(
@@ -154,8 +215,10 @@ async def _shutdown(
     latency_task: asyncio.Task[None],
     aggregator_task: asyncio.Task[None] | None,
     grace_s: float,
+    tracing: Tracing | None,
 ) -> None:
     services.accepting = False
+    await services.streams.close()
     await services.batcher.close(timeout_s=max(grace_s, 0.1))
     if services.aggregator is not None and aggregator_task is not None:
         services.aggregator.stop()
@@ -169,4 +232,6 @@ async def _shutdown(
     await asyncio.gather(latency_task, return_exceptions=True)
     await latency.flush()
     services.engine.close()
+    if tracing is not None:  # last, so the spans of the final flush and batch are exported
+        await asyncio.to_thread(tracing.shutdown)
     logger.info("shutdown complete")

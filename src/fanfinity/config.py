@@ -52,6 +52,7 @@ class Settings:
     active_window_min: float = 10.0
     shutdown_grace_s: float = 10.0
     cors_origins: tuple[str, ...] = ()
+    otlp_endpoint: str | None = None
     rate_limit_per_s: float = 20_000.0
     rate_limit_burst: int = 40_000
     stream_interval_ms: float = 500.0
@@ -116,6 +117,9 @@ class Settings:
                 "FANFINITY_SHUTDOWN_GRACE_S", _float_between(0, 600), defaults.shutdown_grace_s
             ),
             cors_origins=reader.get("FANFINITY_CORS_ORIGINS", _origins, defaults.cors_origins),
+            otlp_endpoint=reader.get(
+                "OTEL_EXPORTER_OTLP_ENDPOINT", _otlp_endpoint, defaults.otlp_endpoint
+            ),
             rate_limit_per_s=reader.get(
                 "FANFINITY_RATE_LIMIT_PER_S",
                 _float_between(0, 1_000_000),
@@ -154,6 +158,12 @@ class Settings:
             if not self.api_keys:
                 raise SettingsError(
                     "FANFINITY_API_KEYS: production needs at least one producer API key"
+                )
+            placeholders = [key for key in self.api_keys | self.read_api_keys if "change-me" in key]
+            if placeholders:
+                raise SettingsError(
+                    "FANFINITY_API_KEYS: production refuses the placeholder keys from "
+                    ".env.example and the Secret template; generate real ones"
                 )
 
 
@@ -237,6 +247,12 @@ def _key_set(raw: str) -> frozenset[str]:
     if short:
         raise ValueError("every API key must be at least 16 characters long")
     return frozenset(keys)
+
+
+def _otlp_endpoint(raw: str) -> str | None:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http(s):// URL such as http://jaeger:4317, got {raw!r}")
+    return raw
 
 
 def _origins(raw: str) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, Parameter
+from litestar.response import Stream
 
 from fanfinity import metrics
 from fanfinity.aggregation import STATUS_NAMES, as_utc, name_from_field_key, status_name
@@ -56,8 +57,12 @@ from fanfinity.schemas import (
     decode_event,
     is_identifier,
 )
+from fanfinity.streams import StreamHub
 
 JSON = MediaType.JSON
+PRODUCER_SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}]
+# Reads are open unless FANFINITY_READ_API_KEYS is set: the key is optional in the document.
+READER_SECURITY: list[dict[str, list[str]]] = [{}, {"apiKey": []}]
 EXAMPLE_EVENT = {
     "eventId": "3f0b8a52-6c1e-4d7e-9d0a-2b51f1f0c001",
     "matchId": "alhilal-vs-alnassr-2026-11-25",
@@ -78,6 +83,7 @@ class Services:
     batcher: IngestBatcher
     reader: MatchMetricsReader
     aggregator: Aggregator | None
+    streams: StreamHub
     limiter: TokenBucketLimiter | None = None
     accepting: bool = True
 
@@ -146,6 +152,7 @@ class EventController(Controller):
         "/",
         status_code=202,
         request_max_body_size=MAX_EVENT_BYTES,
+        security=PRODUCER_SECURITY,
         operation_class=operation_with_json_body(
             MatchEventIn, EXAMPLE_EVENT, "One match event (at most 32 KiB)."
         ),
@@ -188,6 +195,7 @@ class EventController(Controller):
         "/batch",
         status_code=200,
         request_max_body_size=MAX_BATCH_BYTES,
+        security=PRODUCER_SECURITY,
         operation_class=operation_with_json_body(
             list[MatchEventIn], [EXAMPLE_EVENT], "1 to 500 events (at most 512 KiB)."
         ),
@@ -249,7 +257,8 @@ class EventController(Controller):
     @get(
         "/{event_id:str}",
         summary="Read one stored event",
-        responses={404: _problem(404, "No such event")},
+        security=READER_SECURITY,
+        responses={400: _problem(400, "Invalid path"), 404: _problem(404, "No such event")},
     )
     async def get_event(
         self, request: Request[Any, Any, Any], event_id: FromPath[str]
@@ -299,6 +308,7 @@ class MatchController(Controller):
     @get(
         "/{match_id:str}/metrics",
         summary="Engagement metrics of one match",
+        security=READER_SECURITY,
         description=(
             "Served from the match's summary document through a per-replica cache of "
             "FANFINITY_METRICS_CACHE_MS; `asOf` says when the summary last changed, `generatedAt` "
@@ -307,6 +317,7 @@ class MatchController(Controller):
         ),
         responses={
             200: ResponseSpec(data_container=MatchMetrics),
+            400: _problem(400, "Invalid path"),
             404: _problem(404, "No events counted for this match"),
         },
     )
@@ -320,7 +331,46 @@ class MatchController(Controller):
         body = await services.reader.encoded(match_id)
         return Response(content=body, media_type=JSON, headers={"Cache-Control": "no-cache"})
 
-    @get("/", summary="List matches, most recently updated first")
+    @get(
+        "/{match_id:str}/metrics/stream",
+        summary="Live metrics of one match as Server-Sent Events",
+        security=READER_SECURITY,
+        description=(
+            "Sends the current metrics at once (event `metrics`, same body as the metrics "
+            "endpoint), then a new `metrics` event whenever they change, at most every "
+            "FANFINITY_STREAM_INTERVAL_MS, with keep-alive comments when idle. After full time it "
+            "sends the final metrics and an `end` event and closes. Clients that do not read are "
+            "dropped. The cost is one summary read per match per interval, whatever the number of "
+            "subscribers."
+        ),
+        responses={
+            200: ResponseSpec(
+                data_container=str, media_type="text/event-stream", description="SSE stream"
+            ),
+            404: _problem(404, "No events counted for this match"),
+            503: _problem(503, "This replica serves its maximum number of streams"),
+        },
+    )
+    async def stream_metrics(
+        self, request: Request[Any, Any, Any], match_id: FromPath[str]
+    ) -> Stream:
+        services = services_of(request)
+        require_read_key(request, services.settings)
+        if not is_identifier(match_id):
+            raise MatchNotFound(f"{match_id!r} is not a valid match id")
+        frames = await services.streams.open(match_id)
+        return Stream(
+            frames,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @get(
+        "/",
+        summary="List matches, most recently updated first",
+        security=READER_SECURITY,
+        responses={400: _problem(400, "Invalid query parameter (status, limit, offset)")},
+    )
     async def list_matches(
         self,
         request: Request[Any, Any, Any],

@@ -8,14 +8,14 @@ the same callback without one (one process, one event loop: nothing interleaves 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from beanie import init_beanie
 from loguru import logger
 from motor.motor_asyncio import AsyncIOMotorClient
-from pymongo import WriteConcern
+from pymongo import WriteConcern, monitoring
 from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 
@@ -98,14 +98,20 @@ class Engine:
         self.client.close()
 
 
-async def open_engine(settings: Settings) -> Engine:
-    """Connect, create indexes (and the time-series collection on MongoDB), wire the seams."""
+async def open_engine(
+    settings: Settings, command_listeners: Sequence[monitoring.CommandListener] = ()
+) -> Engine:
+    """Connect, create indexes (and the time-series collection on MongoDB), wire the seams.
+
+    `command_listeners` (the tracing spans) go on this client only; mongomock emits no commands."""
     if settings.embedded:
         return await _open_embedded(settings)
-    return await _open_mongodb(settings)
+    return await _open_mongodb(settings, command_listeners)
 
 
-async def _open_mongodb(settings: Settings) -> Engine:
+async def _open_mongodb(
+    settings: Settings, command_listeners: Sequence[monitoring.CommandListener] = ()
+) -> Engine:
     timeout_ms = int(settings.store_timeout_s * 1000)
     client: Any = AsyncIOMotorClient(
         settings.mongodb_url,
@@ -117,7 +123,11 @@ async def _open_mongodb(settings: Settings) -> Engine:
         wTimeoutMS=timeout_ms,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
+        # A silent network (no RST) must not hang the driver's sockets forever: change streams
+        # wait at most 200 ms per getMore, so this bound only fires on a real stall.
+        socketTimeoutMS=max(10_000, 5 * timeout_ms),
         appname="fanfinity",
+        event_listeners=list(command_listeners),
     )
     database = client[settings.db_name]
     await _init_documents(database)

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from loguru import logger
 
@@ -207,12 +207,16 @@ def _http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException)
     if status >= HTTP_500_INTERNAL_SERVER_ERROR:
         return _unexpected_error_handler(request, exc)
     slug, title = _STATUS_SLUGS.get(status, ("client-error", "Client error"))
+    errors = _parameter_errors(exc)
     problem = Problem(
         type=PROBLEM_TYPE_PREFIX + slug,
         title=title,
         status=status,
         detail=_public_detail(exc, title),
+        errors=errors or None,
     )
+    if errors:
+        problem.detail = "; ".join(f"{error.field}: {error.message}" for error in errors)
     return problem_response(request, problem, dict(exc.headers or {}))
 
 
@@ -225,6 +229,17 @@ def _unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -
         detail="The server failed to handle this request; it has been logged.",
     )
     return problem_response(request, problem)
+
+
+def _parameter_errors(exc: HTTPException) -> list[FieldError]:
+    """Litestar's validation details for query and path parameters, as our field errors."""
+    if not isinstance(exc, ValidationException) or not isinstance(exc.extra, list):
+        return []
+    return [
+        FieldError(f"{item.get('source', 'query')}.{item.get('key', '?')}", str(item["message"]))
+        for item in exc.extra
+        if isinstance(item, dict) and "message" in item
+    ]
 
 
 def _public_detail(exc: HTTPException, fallback: str) -> str:

@@ -19,12 +19,14 @@ from datetime import datetime
 from typing import Any
 
 from loguru import logger
+from opentelemetry.trace import SpanContext, Tracer
 
 from fanfinity import metrics
 from fanfinity.aggregation import latency_bucket
 from fanfinity.errors import IngestOverloaded, ShuttingDown, StoreUnavailable
 from fanfinity.schemas import ValidEvent
 from fanfinity.store import EventRepository, InsertReport, SummaryRepository
+from fanfinity.tracing import current_span_context, flush_span, record_failure
 
 
 class WriteOutcome(enum.StrEnum):
@@ -80,6 +82,7 @@ class _Pending:
     document: dict[str, Any]
     future: asyncio.Future[WriteOutcome]
     received_at: float
+    request_span: SpanContext | None = None  # only when tracing: the flush span links to it
 
 
 class IngestLatencyRecorder:
@@ -126,6 +129,7 @@ class IngestBatcher:
         linger_s: float,
         queue_max: int,
         store_timeout_s: float,
+        tracer: Tracer | None = None,
     ) -> None:
         self._events = events
         self._latency = latency
@@ -133,6 +137,7 @@ class IngestBatcher:
         self._linger_s = linger_s
         self._queue_max = queue_max
         self._store_timeout_s = store_timeout_s
+        self._tracer = tracer
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._batch_full = asyncio.Event()
@@ -191,7 +196,8 @@ class IngestBatcher:
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[WriteOutcome] = loop.create_future()
-        self._queue.append(_Pending(document, future, received_at))
+        request_span = None if self._tracer is None else current_span_context()
+        self._queue.append(_Pending(document, future, received_at, request_span))
         loop.call_later(self._store_timeout_s, _expire, future, event_id, self._store_timeout_s)
         if not self._wakeup.is_set():
             self._wakeup.set()
@@ -209,7 +215,11 @@ class IngestBatcher:
                 await self._linger()
             batch = self._take_batch()
             metrics.INGEST_QUEUE_DEPTH.set(len(self._queue))
-            if batch:
+            if batch and self._tracer is not None:
+                requests = (pending.request_span for pending in batch)
+                with flush_span(self._tracer, requests, len(batch)):
+                    await self._flush(batch)
+            elif batch:
                 await self._flush(batch)
 
     async def _linger(self) -> None:
@@ -244,6 +254,8 @@ class IngestBatcher:
             )
         except Exception as exc:  # every failure of the store means: not confirmed durable
             logger.warning("group commit of {} events failed: {!r}", len(batch), exc)
+            if self._tracer is not None:
+                record_failure(exc)
             metrics.INGEST_REJECTED.labels("unavailable").inc(len(batch))
             for pending in batch:
                 _fail(pending.future, str(pending.document["_id"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,48 +76,64 @@ def _optional_utc(value: datetime | None) -> datetime | None:
     return None if value is None else as_utc(value)
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """An encoded metrics body plus what a stream needs to know without decoding it."""
+
+    body: bytes
+    version: str
+    ended: bool
+
+
 class MatchMetricsReader:
     """Serves encoded metric bodies from a short per-match cache in front of the summaries."""
 
     def __init__(self, summaries: SummaryRepository, ttl_s: float) -> None:
         self._summaries = summaries
         self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, bytes]] = {}
-        self._in_flight: dict[str, asyncio.Future[bytes]] = {}
+        self._cache: dict[str, tuple[float, MetricsSnapshot]] = {}
+        self._in_flight: dict[str, asyncio.Future[MetricsSnapshot]] = {}
         self.store_reads = 0
 
     async def encoded(self, match_id: str) -> bytes:
         """The JSON body for a match; raises `MatchNotFound` when it has no counted events."""
+        return (await self.snapshot(match_id)).body
+
+    async def snapshot(self, match_id: str) -> MetricsSnapshot:
+        """The match's current metrics, from the cache or one shared store read."""
         cached = self._cache.get(match_id)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         in_flight = self._in_flight.get(match_id)
         if in_flight is not None:
             return await asyncio.shield(in_flight)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[MetricsSnapshot] = asyncio.get_running_loop().create_future()
         self._in_flight[match_id] = future
         try:
-            body = await self._load(match_id)
+            snapshot = await self._load(match_id)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else must
             raise
         else:
-            future.set_result(body)
-            self._remember(match_id, body)
-            return body
+            future.set_result(snapshot)
+            self._remember(match_id, snapshot)
+            return snapshot
         finally:
             del self._in_flight[match_id]
 
-    async def _load(self, match_id: str) -> bytes:
+    async def _load(self, match_id: str) -> MetricsSnapshot:
         self.store_reads += 1
         summary = await self._summaries.get(match_id)
         if summary is None or int(summary.get("total", 0)) <= 0:
             raise MatchNotFound(f"no events have been counted for match {match_id!r}")
-        return msgspec.json.encode(match_metrics(summary, datetime.now(UTC)))
+        metrics = match_metrics(summary, datetime.now(UTC))
+        version = f"{metrics.as_of}|{metrics.total_events}|{metrics.response_time_ms.samples}"
+        return MetricsSnapshot(
+            body=msgspec.json.encode(metrics), version=version, ended=metrics.status == "ended"
+        )
 
-    def _remember(self, match_id: str, body: bytes) -> None:
+    def _remember(self, match_id: str, snapshot: MetricsSnapshot) -> None:
         if self._ttl_s <= 0:
             return
         now = time.monotonic()
@@ -124,4 +141,4 @@ class MatchMetricsReader:
             self._cache = {key: entry for key, entry in self._cache.items() if entry[0] > now}
             if len(self._cache) >= MAX_CACHED_MATCHES:
                 self._cache.clear()
-        self._cache[match_id] = (now + self._ttl_s, body)
+        self._cache[match_id] = (now + self._ttl_s, snapshot)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -12,7 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from fanfinity.app import create_app
 from fanfinity.config import Settings
-from tests.conftest import OTHER_PRODUCER_KEY, PRODUCER_KEY, with_settings
+from tests.conftest import OTHER_PRODUCER_KEY, PRODUCER_KEY, post_concurrently, with_settings
 
 PROBLEM = "application/problem+json"
 
@@ -108,7 +107,7 @@ async def test_concurrent_posts_share_batches_and_all_get_their_own_answer(
     client: AsyncTestClient[Litestar],
 ) -> None:
     events = [goal() for _ in range(50)]
-    responses = await asyncio.gather(*(client.post("/api/events", json=e) for e in events))
+    responses = await post_concurrently(client, "/api/events", events)
     assert [r.status_code for r in responses] == [202] * 50
     assert {r.json()["eventId"] for r in responses} == {e["eventId"] for e in events}
 
@@ -198,17 +197,12 @@ async def test_wrong_method_is_405(client: AsyncTestClient[Litestar]) -> None:
 
 
 async def test_full_ingest_queue_answers_503_with_retry_after(settings: Settings) -> None:
-    tiny = with_settings(settings, ingest_queue_max=1, batch_linger_ms=500.0)
-    app = create_app(tiny)
-    async with AsyncTestClient(app=app) as client:
-        client.headers["X-API-Key"] = PRODUCER_KEY
-        waiting = goal()
-        await client.get("/health/live")  # the lifespan has started the batcher
-        queued = app.state.services.batcher.submit_nowait(
-            {"_id": waiting["eventId"], "matchId": "m", "eventType": "goal"}, 0.0
-        )
-        refused = await client.post("/api/events", json=goal())
-        queued.cancel()
+    tiny = with_settings(settings, ingest_queue_max=1, batch_linger_ms=300.0)
+    async with AsyncTestClient(app=create_app(tiny)) as client:
+        first, second = await post_concurrently(client, "/api/events", [goal(), goal()])
+    statuses = sorted([first.status_code, second.status_code])
+    assert statuses == [202, 503]
+    refused = first if first.status_code == 503 else second
     problem = assert_problem(refused, 503)
     assert int(refused.headers["retry-after"]) >= 1
     assert uuid.UUID(problem["eventId"])

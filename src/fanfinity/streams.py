@@ -1,0 +1,157 @@
+"""Server-Sent Events fan-out: one poller per watched match, any number of subscribers.
+
+Each match with subscribers has one task that reads its metrics through the reader (and so through
+its cache) every `interval_s`, and, when they changed, encodes one SSE frame and hands the same
+bytes to every subscriber's small queue. The cost per replica is one summary read per match per
+interval, whatever the number of subscribers. A subscriber whose queue is full (a client that
+does not read) is dropped rather than buffered without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from fanfinity.errors import MatchNotFound, StoreUnavailable
+from fanfinity.reads import MatchMetricsReader, MetricsSnapshot
+
+SUBSCRIBER_QUEUE = 8
+KEEPALIVE_S = 15.0
+RETRY_MS = 2_000
+END_OF_STREAM = b"event: end\ndata: {}\n\n"
+
+
+@dataclass(eq=False, slots=True)
+class Subscriber:
+    queue: asyncio.Queue[bytes | None] = field(
+        default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE)
+    )
+    dropped: bool = False
+
+
+def metrics_frame(sequence: int, snapshot: MetricsSnapshot) -> bytes:
+    """One SSE `metrics` event; the JSON body has no newlines, so it is one data line."""
+    return b"id: %d\nevent: metrics\ndata: %s\n\n" % (sequence, snapshot.body)
+
+
+class MatchChannel:
+    """The subscribers of one match and the task that polls its metrics for them."""
+
+    def __init__(self, hub: StreamHub, match_id: str, snapshot: MetricsSnapshot) -> None:
+        self.hub = hub
+        self.match_id = match_id
+        self.subscribers: set[Subscriber] = set()
+        self.sequence = 1
+        self.last = snapshot
+        self.last_frame = metrics_frame(self.sequence, snapshot)
+        self.task: asyncio.Task[None] | None = None
+
+    def publish(self, frame: bytes | None) -> None:
+        for subscriber in list(self.subscribers):
+            try:
+                subscriber.queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                subscriber.dropped = True
+                self.subscribers.discard(subscriber)
+                self.hub.dropped += 1
+
+    async def poll(self) -> None:
+        """Publish changed metrics every interval, keep-alives when idle, end after full time."""
+        last_sent = time.monotonic()
+        while self.subscribers and not self.last.ended:
+            await asyncio.sleep(self.hub.interval_s)
+            try:
+                snapshot = await self.hub.reader.snapshot(self.match_id)
+            except (MatchNotFound, StoreUnavailable) as exc:
+                logger.debug("stream poll of {} failed: {}", self.match_id, exc)
+                continue
+            except Exception as exc:  # a store hiccup must not end every subscriber's stream
+                logger.warning("stream poll of {} failed: {!r}", self.match_id, exc)
+                continue
+            if snapshot.version != self.last.version:
+                self.sequence += 1
+                self.last = snapshot
+                self.last_frame = metrics_frame(self.sequence, snapshot)
+                self.publish(self.last_frame)
+                last_sent = time.monotonic()
+            elif time.monotonic() - last_sent >= self.hub.keepalive_s:
+                self.publish(b": keep-alive\n\n")
+                last_sent = time.monotonic()
+        if self.last.ended:
+            self.publish(END_OF_STREAM)
+            self.publish(None)
+        self.hub.forget(self)
+
+
+class StreamHub:
+    """All match channels of this process."""
+
+    def __init__(
+        self,
+        reader: MatchMetricsReader,
+        interval_s: float,
+        max_subscribers: int,
+        keepalive_s: float = KEEPALIVE_S,
+    ) -> None:
+        self.reader = reader
+        self.interval_s = interval_s
+        self.keepalive_s = keepalive_s
+        self.max_subscribers = max_subscribers
+        self.channels: dict[str, MatchChannel] = {}
+        self.dropped = 0
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(channel.subscribers) for channel in self.channels.values())
+
+    async def open(self, match_id: str) -> AsyncIterator[bytes]:
+        """Check the match and capacity first (errors become HTTP answers), then stream."""
+        if self.subscribers >= self.max_subscribers:
+            raise StoreUnavailable(
+                f"this replica already serves {self.max_subscribers} streams; retry another", 5
+            )
+        channel = self.channels.get(match_id)
+        if channel is None:
+            snapshot = await self.reader.snapshot(match_id)  # MatchNotFound -> 404
+            channel = self.channels.get(match_id) or MatchChannel(self, match_id, snapshot)
+            self.channels[match_id] = channel
+        subscriber = Subscriber()
+        channel.subscribers.add(subscriber)
+        if channel.task is None and not channel.last.ended:
+            channel.task = asyncio.create_task(channel.poll(), name=f"stream-{match_id}")
+        return self._frames(channel, subscriber)
+
+    async def _frames(self, channel: MatchChannel, subscriber: Subscriber) -> AsyncIterator[bytes]:
+        try:
+            yield b"retry: %d\n\n" % RETRY_MS + channel.last_frame
+            if channel.last.ended:
+                yield END_OF_STREAM
+                return
+            while not subscriber.dropped:
+                frame = await subscriber.queue.get()
+                if frame is None:
+                    return
+                yield frame
+        finally:
+            channel.subscribers.discard(subscriber)
+
+    def forget(self, channel: MatchChannel) -> None:
+        if self.channels.get(channel.match_id) is channel:
+            del self.channels[channel.match_id]
+
+    async def close(self) -> None:
+        """End every stream (at shutdown): subscribers get the end of their stream."""
+        tasks = [channel.task for channel in self.channels.values() if channel.task]
+        for channel in list(self.channels.values()):
+            channel.publish(None)
+            channel.subscribers.clear()
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.channels.clear()

@@ -1,0 +1,174 @@
+"""Live metrics over Server-Sent Events, through a real server socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from litestar import Litestar
+
+from fanfinity.app import create_app
+from fanfinity.config import Settings
+from tests.api.test_ingest_api import assert_problem
+from tests.conftest import PRODUCER_KEY, with_settings
+
+MATCH = "stream-derby-2025"
+
+
+def event(event_type: str, minute: int) -> dict[str, Any]:
+    return {
+        "eventId": str(uuid.uuid4()),
+        "matchId": MATCH,
+        "eventType": event_type,
+        "timestamp": f"2025-05-10T18:{minute:02d}:00Z",
+        "teamId": "al-hilal",
+    }
+
+
+async def read_events(response: httpx.Response) -> AsyncIterator[tuple[str, str, str]]:
+    """Yield (event, id, data) for each SSE event in the response body."""
+    name, event_id, data = "message", "", ""
+    async for line in response.aiter_lines():
+        if line == "":
+            if data:
+                yield name, event_id, data
+            name, event_id, data = "message", "", ""
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: "):
+            data = line[6:]
+
+
+@pytest.fixture
+def stream_settings(settings: Settings) -> Settings:
+    return with_settings(settings, stream_interval_ms=100.0, metrics_cache_ms=50.0)
+
+
+@pytest.fixture
+async def live_app(stream_settings: Settings) -> AsyncIterator[Litestar]:
+    """The app behind a real uvicorn socket on this event loop (streams need a real server)."""
+    app = create_app(stream_settings)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.01)
+    app.state.base_url = f"http://127.0.0.1:{port}"
+    yield app
+    server.should_exit = True
+    await serving
+
+
+@pytest.fixture
+async def stream_client(live_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=live_app.state.base_url, headers={"X-API-Key": PRODUCER_KEY}
+    ) as client:
+        yield client
+
+
+async def wait_counted(client: httpx.AsyncClient, total: int) -> None:
+    for _ in range(100):
+        response = await client.get(f"/api/matches/{MATCH}/metrics")
+        if response.status_code == 200 and response.json()["totalEvents"] == total:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never counted {total} events")
+
+
+async def test_stream_sends_current_metrics_then_each_change_then_ends_after_full_time(
+    stream_client: httpx.AsyncClient,
+) -> None:
+    client = stream_client
+    await client.post("/api/events", json=event("match_start", 0))
+    await wait_counted(client, 1)
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def post_goal_then_full_time() -> None:
+        await asyncio.sleep(0.3)
+        await client.post("/api/events", json=event("goal", 10))
+        await asyncio.sleep(0.4)
+        await client.post("/api/events", json=event("match_end", 59))
+
+    poster = asyncio.create_task(post_goal_then_full_time())
+    async with client.stream("GET", f"/api/matches/{MATCH}/metrics/stream") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async with asyncio.timeout(10):
+            async for name, event_id, data in read_events(response):
+                seen.append((name, event_id, json.loads(data)))
+                if name == "end":
+                    break
+    await poster
+    metrics = [(event_id, body) for name, event_id, body in seen if name == "metrics"]
+    totals = [body["totalEvents"] for _, body in metrics]
+    assert totals[0] == 1
+    assert totals[-1] == 3
+    assert 2 in totals  # the goal arrived as its own update before full time
+    assert totals == sorted(totals)
+    assert [int(event_id) for event_id, _ in metrics] == sorted({int(i) for i, _ in metrics})
+    assert metrics[-1][1]["status"] == "ended"
+    assert seen[-1][0] == "end"
+
+
+async def test_stream_of_unknown_match_is_404_problem(
+    stream_client: httpx.AsyncClient,
+) -> None:
+    response = await stream_client.get("/api/matches/nobody-here/metrics/stream")
+    assert_problem(response, 404)
+
+
+async def test_many_subscribers_cost_one_store_read_per_interval(
+    stream_client: httpx.AsyncClient, live_app: Litestar
+) -> None:
+    client = stream_client
+    await client.post("/api/events", json=event("match_start", 0))
+    await wait_counted(client, 1)
+    services = live_app.state.services
+    hub = services.streams
+    streams = [await hub.open(MATCH) for _ in range(200)]
+    firsts = await asyncio.gather(*(anext(stream) for stream in streams))
+    assert all(b"event: metrics" in first for first in firsts)
+    reads_before = services.reader.store_reads
+    await client.post("/api/events", json=event("goal", 5))
+    updates = await asyncio.wait_for(
+        asyncio.gather(*(anext(stream) for stream in streams)), timeout=5
+    )
+    assert all(b'"totalEvents":2' in update for update in updates)
+    reads = services.reader.store_reads - reads_before
+    assert reads <= 10, f"{reads} store reads for 200 subscribers"
+    assert hub.subscribers == 200
+    for stream in streams:
+        await stream.aclose()
+    assert hub.subscribers == 0
+
+
+async def test_a_subscriber_that_does_not_read_is_dropped(
+    stream_client: httpx.AsyncClient, live_app: Litestar
+) -> None:
+    client = stream_client
+    await client.post("/api/events", json=event("match_start", 0))
+    await wait_counted(client, 1)
+    hub = live_app.state.services.streams
+    slow = await hub.open(MATCH)
+    await anext(slow)
+    for minute in range(1, 40):
+        await client.post("/api/events", json=event("corner", minute))
+        await asyncio.sleep(0.12)
+        if hub.dropped:
+            break
+    assert hub.dropped == 1
+    assert hub.subscribers == 0
