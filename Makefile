@@ -20,8 +20,15 @@ install: uv ## Install the locked dependencies (runtime and dev) into .venv
 run: install ## Serve on http://127.0.0.1:8000 on the embedded engine (memory://)
 	@FANFINITY_API_KEYS=$${FANFINITY_API_KEYS:-local-dev-producer-key} $(UV) run --frozen fanfinity serve
 
+.PHONY: browser
+browser: ## Install Debian's Chromium and ChromeDriver for the page test (best effort, needs root)
+	@command -v chromium >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "make browser: no Chromium could be installed; the dashboard page test will skip"
+
 .PHONY: test
-test: install ## Run every test (integration tests skip without FANFINITY_TEST_MONGODB_URL) with coverage
+test: install browser ## Run every test (integration tests skip without FANFINITY_TEST_MONGODB_URL) with coverage
 	@$(UV) run --frozen pytest --cov=fanfinity --cov-branch --cov-report=term --cov-report=xml --cov-fail-under=85 $(PYTEST_ARGS)
 
 .PHONY: test-integration
@@ -49,6 +56,14 @@ typecheck: install ## mypy --strict on src/
 bench: install ## Benchmark ingest and reads against a bare Litestar app (installs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	@$(UV) run --frozen python scripts/bench.py
+
+.PHONY: bench-streams
+bench-streams: install ## 5,000 SSE subscribers on one worker: how fast a goal reaches them all
+	@$(UV) run --frozen python scripts/bench_streams.py
+
+.PHONY: simulate
+simulate: install ## Replay a 90-minute match against http://127.0.0.1:8000 (start `make run` first)
+	@$(UV) run --frozen python scripts/simulate_match.py --speed $${SPEED:-60}
 
 .PHONY: docker
 docker: ## Build the container image (needs a Docker engine)

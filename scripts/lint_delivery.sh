@@ -245,9 +245,11 @@ SETTINGS = {
     "FANFINITY_AGGREGATOR": "true", "FANFINITY_AGGREGATOR_BATCH_SIZE": "1000",
     "FANFINITY_AGGREGATOR_STALL_S": "30", "FANFINITY_METRICS_CACHE_MS": "250",
     "FANFINITY_ACTIVE_WINDOW_MIN": "10", "FANFINITY_SHUTDOWN_GRACE_S": "10",
-    "FANFINITY_CORS_ORIGINS": "",
+    "FANFINITY_CORS_ORIGINS": "", "FANFINITY_RATE_LIMIT_PER_S": "20000",
+    "FANFINITY_RATE_LIMIT_BURST": "40000", "FANFINITY_STREAM_INTERVAL_MS": "500",
+    "FANFINITY_STREAM_MAX_SUBSCRIBERS": "20000",
 }
-OVERRIDDEN = {"FANFINITY_ENV": "production", "FANFINITY_API_KEYS": "change-me-producer-key"}
+OVERRIDDEN = {"FANFINITY_API_KEYS": "local-dev-producer-key"}
 METRICS = {
     "fanfinity_requests_total": "counter", "fanfinity_request_duration_seconds": "histogram",
     "fanfinity_requests_in_progress": "gauge", "fanfinity_events_ingested_total": "counter",

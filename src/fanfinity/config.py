@@ -15,6 +15,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 EMBEDDED_SCHEME = "memory://"
+LOCAL_DEVELOPMENT_KEY = "local-dev-producer-key"  # what `make run`, .env.example and scripts use
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -159,11 +160,15 @@ class Settings:
                 raise SettingsError(
                     "FANFINITY_API_KEYS: production needs at least one producer API key"
                 )
-            placeholders = [key for key in self.api_keys | self.read_api_keys if "change-me" in key]
+            placeholders = [
+                key
+                for key in self.api_keys | self.read_api_keys
+                if "change-me" in key or key == LOCAL_DEVELOPMENT_KEY
+            ]
             if placeholders:
                 raise SettingsError(
-                    "FANFINITY_API_KEYS: production refuses the placeholder keys from "
-                    ".env.example and the Secret template; generate real ones"
+                    "FANFINITY_API_KEYS: production refuses the local development key and the "
+                    "placeholders of the Secret template; generate real keys"
                 )
 
 
