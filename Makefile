@@ -61,6 +61,10 @@ bench: install ## Benchmark ingest and reads against a bare Litestar app (instal
 bench-streams: install ## 5,000 SSE subscribers on one worker: how fast a goal reaches them all
 	@$(UV) run --frozen python scripts/bench_streams.py
 
+.PHONY: load
+load: install ## Match-day spike with locust against its own service (about 2 minutes); writes docs/images/loadtest.png
+	@$(UV) run --frozen --with matplotlib==3.11.2 python scripts/loadtest/run.py --start-service
+
 .PHONY: simulate
 simulate: install ## Replay a 90-minute match against http://127.0.0.1:8000 (start `make run` first)
 	@$(UV) run --frozen python scripts/simulate_match.py --speed $${SPEED:-60}

@@ -97,7 +97,9 @@ def check_rate(request: Request[Any, Any, Any], services: Services, cost: int) -
     """Charge `cost` events to the caller's bucket; raises `RateLimited`, else returns headers."""
     if services.limiter is None:
         return {}
-    key = request.headers.get("x-api-key") or (request.client.host if request.client else "-")
+    # Producers are keyed by their (already verified) API key; with auth off, by address.
+    key = request.headers.get("x-api-key") if services.settings.api_keys else None
+    key = key or (request.client.host if request.client else "-")
     decision = services.limiter.take(key, cost)
     if not decision.allowed:
         metrics.INGEST_REJECTED.labels("rate_limited").inc(cost)
@@ -127,20 +129,20 @@ async def read_body(request: Request[Any, Any, Any]) -> bytes:
         raise ClientDisconnected(str(exc.detail)) from None
 
 
-def _problem(status: int, title: str) -> ResponseSpec:
+def _problem(title: str) -> ResponseSpec:
     return ResponseSpec(
         data_container=Problem, description=title, media_type="application/problem+json"
     )
 
 
 WRITE_ERRORS = {
-    429: _problem(429, "Rate limit of this API key reached (see Retry-After, RateLimit-*)"),
-    400: _problem(400, "Malformed JSON"),
-    401: _problem(401, "Missing or invalid X-API-Key"),
-    413: _problem(413, "Body too large"),
-    415: _problem(415, "Not application/json"),
-    422: _problem(422, "Invalid fields, with the reason for each"),
-    503: _problem(503, "Not stored: retry later with the same eventId (see Retry-After)"),
+    429: _problem("Rate limit of this API key reached (see Retry-After, RateLimit-*)"),
+    400: _problem("Malformed JSON"),
+    401: _problem("Missing or invalid X-API-Key"),
+    413: _problem("Body too large"),
+    415: _problem("Not application/json"),
+    422: _problem("Invalid fields, with the reason for each"),
+    503: _problem("Not stored: retry later with the same eventId (see Retry-After)"),
 }
 
 
@@ -164,7 +166,7 @@ class EventController(Controller):
         ),
         responses={
             202: ResponseSpec(data_container=EventAccepted, description="Stored durably"),
-            409: _problem(409, "eventId reused with a different payload"),
+            409: _problem("eventId reused with a different payload"),
             **WRITE_ERRORS,
         },
     )
@@ -258,7 +260,7 @@ class EventController(Controller):
         "/{event_id:str}",
         summary="Read one stored event",
         security=READER_SECURITY,
-        responses={400: _problem(400, "Invalid path"), 404: _problem(404, "No such event")},
+        responses={400: _problem("Invalid path"), 404: _problem("No such event")},
     )
     async def get_event(
         self, request: Request[Any, Any, Any], event_id: FromPath[str]
@@ -317,8 +319,8 @@ class MatchController(Controller):
         ),
         responses={
             200: ResponseSpec(data_container=MatchMetrics),
-            400: _problem(400, "Invalid path"),
-            404: _problem(404, "No events counted for this match"),
+            400: _problem("Invalid path"),
+            404: _problem("No events counted for this match"),
         },
     )
     async def get_metrics(
@@ -347,8 +349,8 @@ class MatchController(Controller):
             200: ResponseSpec(
                 data_container=str, media_type="text/event-stream", description="SSE stream"
             ),
-            404: _problem(404, "No events counted for this match"),
-            503: _problem(503, "This replica serves its maximum number of streams"),
+            404: _problem("No events counted for this match"),
+            503: _problem("This replica serves its maximum number of streams"),
         },
     )
     async def stream_metrics(
@@ -369,7 +371,7 @@ class MatchController(Controller):
         "/",
         summary="List matches, most recently updated first",
         security=READER_SECURITY,
-        responses={400: _problem(400, "Invalid query parameter (status, limit, offset)")},
+        responses={400: _problem("Invalid query parameter (status, limit, offset)")},
     )
     async def list_matches(
         self,

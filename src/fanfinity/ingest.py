@@ -265,7 +265,7 @@ class IngestBatcher:
         outcomes = resolve_outcomes(documents, report, stored)
         for pending, outcome in zip(batch, outcomes, strict=True):
             if outcome is WriteOutcome.ACCEPTED:
-                metrics.EVENTS_INGESTED.labels(pending.document["eventType"]).inc()
+                metrics.events_ingested(pending.document["eventType"]).inc()
             if not pending.future.done():  # else the request was already told 503
                 pending.future.set_result(outcome)
                 self._answered(pending, outcome, finished)

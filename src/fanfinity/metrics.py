@@ -7,6 +7,7 @@ so counters are summed across processes and gauges use the mode that makes sense
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -85,6 +86,12 @@ REQUESTS_IN_PROGRESS = Gauge(
 )
 
 _request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+@functools.cache
+def events_ingested(event_type: str) -> Any:
+    """The labelled child for one event type (a bounded enum), looked up once."""
+    return EVENTS_INGESTED.labels(event_type)
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
