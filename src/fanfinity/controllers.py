@@ -93,6 +93,15 @@ def services_of(request: Request[Any, Any, Any]) -> Services:
     return services
 
 
+def readable_match(request: Request[Any, Any, Any], match_id: str) -> Services:
+    """The read-key check and match-id check every per-match read starts with."""
+    services = services_of(request)
+    require_read_key(request, services.settings)
+    if not is_identifier(match_id):
+        raise MatchNotFound(f"{match_id!r} is not a valid match id")
+    return services
+
+
 def check_rate(request: Request[Any, Any, Any], services: Services, cost: int) -> dict[str, str]:
     """Charge `cost` events to the caller's bucket; raises `RateLimited`, else returns headers."""
     if services.limiter is None:
@@ -326,10 +335,7 @@ class MatchController(Controller):
     async def get_metrics(
         self, request: Request[Any, Any, Any], match_id: FromPath[str]
     ) -> Response[bytes]:
-        services = services_of(request)
-        require_read_key(request, services.settings)
-        if not is_identifier(match_id):
-            raise MatchNotFound(f"{match_id!r} is not a valid match id")
+        services = readable_match(request, match_id)
         body = await services.reader.encoded(match_id)
         return Response(content=body, media_type=JSON, headers={"Cache-Control": "no-cache"})
 
@@ -356,10 +362,7 @@ class MatchController(Controller):
     async def stream_metrics(
         self, request: Request[Any, Any, Any], match_id: FromPath[str]
     ) -> Stream:
-        services = services_of(request)
-        require_read_key(request, services.settings)
-        if not is_identifier(match_id):
-            raise MatchNotFound(f"{match_id!r} is not a valid match id")
+        services = readable_match(request, match_id)
         frames = await services.streams.open(match_id)
         return Stream(
             frames,

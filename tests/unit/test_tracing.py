@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
@@ -38,7 +37,7 @@ from fanfinity.db import Engine
 from fanfinity.ingest import IngestBatcher, IngestLatencyRecorder
 from fanfinity.store import EventRepository, InsertReport
 from fanfinity.tracing import capture_spans, start_tracing
-from tests.conftest import PRODUCER_KEY, with_settings
+from tests.conftest import PRODUCER_KEY, post_concurrently, with_settings
 from tests.unit.test_ingest import event_id, goal
 
 MATCH = "alhilal-vs-alnassr"
@@ -80,26 +79,6 @@ def traced_by_otel(app: Litestar) -> bool:
     return isinstance(app.asgi_handler, OpenTelemetryInstrumentationMiddleware)
 
 
-async def post_concurrently(
-    client: AsyncTestClient[Litestar], bodies: list[dict[str, Any]]
-) -> list[httpx.Response]:
-    """Post all at once on the app's own loop.
-
-    AsyncTestClient runs each request to completion on its portal's loop before returning, so
-    gathering its posts would still send them one by one and never share a group commit.
-    """
-
-    async def post_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=client.app),
-            base_url="http://testserver.local",
-            headers={"X-API-Key": PRODUCER_KEY},
-        ) as http:
-            return await asyncio.gather(*(http.post("/api/events", json=body) for body in bodies))
-
-    return await asyncio.to_thread(client.blocking_portal.call, post_all)
-
-
 async def wait_until_counted(app: Litestar, events: int) -> None:
     deadline = time.monotonic() + 5.0
     while app.state.services.aggregator.events_processed < events:
@@ -119,7 +98,9 @@ async def test_request_flush_and_aggregator_spans_are_linked(
     assert traced_by_otel(app)
 
     async with AsyncTestClient(app=app) as client:
-        responses = await post_concurrently(client, [match_event(minute) for minute in range(5)])
+        responses = await post_concurrently(
+            client, "/api/events", [match_event(minute) for minute in range(5)]
+        )
         assert [response.status_code for response in responses] == [202] * 5
         await wait_until_counted(app, 5)
         assert (await client.get("/health/live")).status_code == 200
@@ -292,7 +273,9 @@ async def test_tracing_off_installs_nothing_and_records_nothing(
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", global_provider)
 
     async with AsyncTestClient(app=app) as client:
-        responses = await post_concurrently(client, [match_event(minute) for minute in range(3)])
+        responses = await post_concurrently(
+            client, "/api/events", [match_event(minute) for minute in range(3)]
+        )
         assert [response.status_code for response in responses] == [202] * 3
         await wait_until_counted(app, 3)
 
