@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -15,6 +17,12 @@ from litestar.testing import AsyncTestClient
 from fanfinity.app import create_app
 from fanfinity.config import Settings
 from fanfinity.db import Engine, open_engine
+
+# CI gates merges, so there the property and fuzz tests replay the same examples every run;
+# locally they explore new ones each time.
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 PRODUCER_KEY = "test-producer-key-0001"
 OTHER_PRODUCER_KEY = "test-producer-key-0002"
