@@ -218,12 +218,18 @@ async def _shutdown(
     tracing: Tracing | None,
 ) -> None:
     services.accepting = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(grace_s, 0.1)  # one budget for every step below
+
+    def remaining() -> float:
+        return max(deadline - loop.time(), 0.05)
+
     await services.streams.close()
-    await services.batcher.close(timeout_s=max(grace_s, 0.1))
+    await services.batcher.close(timeout_s=remaining())
     if services.aggregator is not None and aggregator_task is not None:
         services.aggregator.stop()
         try:
-            await asyncio.wait_for(asyncio.shield(aggregator_task), timeout=max(grace_s, 0.1))
+            await asyncio.wait_for(asyncio.shield(aggregator_task), timeout=remaining())
         except TimeoutError:
             logger.error("aggregator did not stop within {}s; cancelling it", grace_s)
             aggregator_task.cancel()

@@ -140,6 +140,13 @@ class IngestOverloaded(StoreUnavailable):
     title = "Too many events in flight"
 
 
+class StreamsFull(StoreUnavailable):
+    """This replica serves its maximum number of live streams; another replica may not."""
+
+    slug = "too-many-streams"
+    title = "This replica serves its maximum number of live streams"
+
+
 class ShuttingDown(StoreUnavailable):
     slug = "shutting-down"
     title = "The service is shutting down"
@@ -236,10 +243,15 @@ def _parameter_errors(exc: HTTPException) -> list[FieldError]:
     if not isinstance(exc, ValidationException) or not isinstance(exc.extra, list):
         return []
     return [
-        FieldError(f"{item.get('source', 'query')}.{item.get('key', '?')}", str(item["message"]))
+        FieldError(f"{_source(item.get('source'))}.{item.get('key', '?')}", str(item["message"]))
         for item in exc.extra
         if isinstance(item, dict) and "message" in item
     ]
+
+
+def _source(source: Any) -> str:
+    """Litestar's parameter source is an enum (ParamType.QUERY): name it as clients do."""
+    return str(getattr(source, "value", source) or "query")
 
 
 def _public_detail(exc: HTTPException, fallback: str) -> str:

@@ -256,8 +256,9 @@ class IngestBatcher:
             logger.warning("group commit of {} events failed: {!r}", len(batch), exc)
             if self._tracer is not None:
                 record_failure(exc)
-            metrics.INGEST_REJECTED.labels("unavailable").inc(len(batch))
-            for pending in batch:
+            unanswered = [pending for pending in batch if not pending.future.done()]
+            metrics.INGEST_REJECTED.labels("unavailable").inc(len(unanswered))
+            for pending in unanswered:  # the others were already told 503 (and counted) on expiry
                 _fail(pending.future, str(pending.document["_id"]))
             return
         metrics.INGEST_BATCH_SIZE.observe(len(batch))

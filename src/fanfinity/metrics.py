@@ -35,7 +35,8 @@ EVENTS_DUPLICATE = Counter(
 )
 INGEST_REJECTED = Counter(
     "fanfinity_ingest_rejected_total",
-    "Events refused at ingest, by reason (conflict, overloaded, unavailable, invalid).",
+    "Events refused at ingest, by reason (conflict, overloaded, timeout, unavailable, "
+    "rate_limited, shutting_down).",
     ["reason"],
 )
 INGEST_BATCH_SIZE = Histogram(

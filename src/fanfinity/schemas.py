@@ -22,6 +22,7 @@ MAX_BATCH_EVENTS = 500
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 8
 MAX_FUTURE_SKEW = timedelta(hours=24)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 
 Identifier = Annotated[
@@ -162,21 +163,29 @@ def decode_event(body: bytes, now: datetime) -> ValidEvent:
         raise InvalidFields([_field_error(exc, "$")]) from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(_decode_reason(exc, body)) from None
+    except RecursionError:
+        raise InvalidFields([FieldError("$", "nested too deeply")]) from None
     return _check_event(raw, now, "$")
 
 
-def decode_batch(body: bytes) -> list[Any]:
-    """Parse a batch body into its raw items; each item is validated on its own later."""
+class _WrappedBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[msgspec.Raw]
+
+
+def decode_batch(body: bytes) -> list[msgspec.Raw]:
+    """Split a batch body into its raw items; each is then decoded and validated on its own,
+    exactly as a single event would be."""
     try:
-        items = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(_decode_reason(exc, body)) from None
-    if isinstance(items, dict) and set(items) == {"events"}:
-        items = items["events"]
-    if not isinstance(items, list):
+        parsed = msgspec.json.decode(body, type=list[msgspec.Raw] | _WrappedBatch)
+    except msgspec.ValidationError:
         raise InvalidFields(
             [FieldError("$", 'expected a JSON array of events or {"events": [...]}')]
-        )
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(_decode_reason(exc, body)) from None
+    except RecursionError:
+        raise InvalidFields([FieldError("$", "nested too deeply")]) from None
+    items = parsed.events if isinstance(parsed, _WrappedBatch) else parsed
     if not items:
         raise InvalidFields([FieldError("$", "the batch is empty")])
     if len(items) > MAX_BATCH_EVENTS:
@@ -186,12 +195,14 @@ def decode_batch(body: bytes) -> list[Any]:
     return items
 
 
-def convert_event(item: Any, now: datetime, path: str) -> ValidEvent:
-    """Validate one already-parsed batch item; raises `InvalidFields`."""
+def convert_event(item: msgspec.Raw, now: datetime, path: str) -> ValidEvent:
+    """Validate one batch item with the single-event rules; raises `InvalidFields`."""
     try:
-        raw = msgspec.convert(item, type=MatchEventIn, strict=False)
+        raw = msgspec.json.decode(item, type=MatchEventIn)
     except msgspec.ValidationError as exc:
         raise InvalidFields([_field_error(exc, path)]) from None
+    except RecursionError:
+        raise InvalidFields([FieldError(path, "nested too deeply")]) from None
     return _check_event(raw, now, path)
 
 
@@ -220,36 +231,31 @@ def _check_event(raw: MatchEventIn, now: datetime, path: str) -> ValidEvent:
 
 
 def _check_metadata(metadata: dict[str, Any], path: str) -> list[FieldError]:
+    """Size, depth, and what MongoDB can store: keys without `$`, `.` or NUL; 64-bit integers."""
     size = len(msgspec.json.encode(metadata))
     if size > MAX_METADATA_BYTES:
         return [FieldError(path, f"at most {MAX_METADATA_BYTES} bytes serialised, got {size}")]
-    if _depth(metadata) > MAX_METADATA_DEPTH:
-        return [FieldError(path, f"at most {MAX_METADATA_DEPTH} levels deep")]
-    bad_keys = [key for key in _all_keys(metadata) if key.startswith("$") or "." in key]
-    if bad_keys:
-        return [FieldError(path, f"keys may not start with $ or contain '.': {bad_keys[0]!r}")]
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:  # iterative: a deeply nested body must not exhaust the interpreter's stack
+        value, depth = stack.pop()
+        if isinstance(value, dict | list) and depth > MAX_METADATA_DEPTH:
+            return [FieldError(path, f"at most {MAX_METADATA_DEPTH} levels deep")]
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key.startswith("$") or "." in key or "\x00" in key:
+                    return [
+                        FieldError(path, f"keys may not start with $ or hold '.' or NUL: {key!r}")
+                    ]
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not (INT64_MIN <= value <= INT64_MAX)
+        ):
+            return [FieldError(path, "integers must fit in 64 bits (MongoDB's widest integer)")]
     return []
-
-
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(item) for item in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(item) for item in value), default=0)
-    return 0
-
-
-def _all_keys(value: Any) -> list[str]:
-    keys: list[str] = []
-    stack = [value]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, dict):
-            keys.extend(current)
-            stack.extend(current.values())
-        elif isinstance(current, list):
-            stack.extend(current)
-    return keys
 
 
 def payload_fingerprint(raw: MatchEventIn, timestamp: datetime) -> str:

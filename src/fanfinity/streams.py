@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from fanfinity.errors import MatchNotFound, StoreUnavailable
+from fanfinity.errors import MatchNotFound, StoreUnavailable, StreamsFull
 from fanfinity.reads import MatchMetricsReader, MetricsSnapshot
 
 SUBSCRIBER_QUEUE = 8
@@ -57,7 +57,7 @@ class MatchChannel:
                 subscriber.queue.put_nowait(frame)
             except asyncio.QueueFull:
                 subscriber.dropped = True
-                self.subscribers.discard(subscriber)
+                self.hub.leave(self, subscriber)
                 self.hub.dropped += 1
 
     async def poll(self) -> None:
@@ -103,16 +103,18 @@ class StreamHub:
         self.keepalive_s = keepalive_s
         self.max_subscribers = max_subscribers
         self.channels: dict[str, MatchChannel] = {}
+        self.subscribers = 0
         self.dropped = 0
 
-    @property
-    def subscribers(self) -> int:
-        return sum(len(channel.subscribers) for channel in self.channels.values())
+    def leave(self, channel: MatchChannel, subscriber: Subscriber) -> None:
+        if subscriber in channel.subscribers:
+            channel.subscribers.discard(subscriber)
+            self.subscribers -= 1
 
     async def open(self, match_id: str) -> AsyncIterator[bytes]:
         """Check the match and capacity first (errors become HTTP answers), then stream."""
         if self.subscribers >= self.max_subscribers:
-            raise StoreUnavailable(
+            raise StreamsFull(
                 f"this replica already serves {self.max_subscribers} streams; retry another", 5
             )
         channel = self.channels.get(match_id)
@@ -120,8 +122,13 @@ class StreamHub:
             snapshot = await self.reader.snapshot(match_id)  # MatchNotFound -> 404
             channel = self.channels.get(match_id) or MatchChannel(self, match_id, snapshot)
             self.channels[match_id] = channel
+        if self.subscribers >= self.max_subscribers:  # re-checked: others joined while we read
+            raise StreamsFull(
+                f"this replica already serves {self.max_subscribers} streams; retry another", 5
+            )
         subscriber = Subscriber()
         channel.subscribers.add(subscriber)
+        self.subscribers += 1
         if channel.task is None and not channel.last.ended:
             channel.task = asyncio.create_task(channel.poll(), name=f"stream-{match_id}")
         return self._frames(channel, subscriber)
@@ -138,7 +145,7 @@ class StreamHub:
                     return
                 yield frame
         finally:
-            channel.subscribers.discard(subscriber)
+            self.leave(channel, subscriber)
 
     def forget(self, channel: MatchChannel) -> None:
         if self.channels.get(channel.match_id) is channel:
@@ -149,6 +156,7 @@ class StreamHub:
         tasks = [channel.task for channel in self.channels.values() if channel.task]
         for channel in list(self.channels.values()):
             channel.publish(None)
+            self.subscribers -= len(channel.subscribers)
             channel.subscribers.clear()
         for task in tasks:
             task.cancel()

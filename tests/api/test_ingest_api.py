@@ -295,3 +295,54 @@ async def test_rate_limit_zero_turns_it_off(settings: Settings) -> None:
         answers = [await client.post("/api/events", json=goal()) for _ in range(5)]
     assert {a.status_code for a in answers} == {202}
     assert "ratelimit-limit" not in answers[0].headers
+
+
+@pytest.mark.parametrize(
+    ("metadata_json", "reason"),
+    [
+        ('{"n": 9223372036854775808}', "64 bits"),
+        ('{"bad\\u0000key": 1}', "NUL"),
+        ('{"a": ' * 20 + "1" + "}" * 20, "levels deep"),
+    ],
+)
+async def test_metadata_mongodb_cannot_store_is_422_not_a_failed_batch(
+    client: AsyncTestClient[Litestar], metadata_json: str, reason: str
+) -> None:
+    body = (
+        '{"matchId": "m1", "eventType": "goal", "timestamp": "2025-05-10T18:00:00Z", '
+        f'"teamId": "t1", "metadata": {metadata_json}}}'
+    )
+    for path in ("/api/events", "/api/events/batch"):
+        content = body if path == "/api/events" else f"[{body}]"
+        response = await client.post(
+            path, content=content.encode(), headers={"content-type": "application/json"}
+        )
+        if path == "/api/events":
+            assert reason in assert_problem(response, 422)["detail"]
+        else:
+            assert response.status_code == 200
+            assert response.json()["items"][0]["status"] == "invalid"
+
+
+async def test_absurdly_deep_json_is_422_not_500(client: AsyncTestClient[Litestar]) -> None:
+    deep = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
+    body = (
+        '{"matchId": "m1", "eventType": "goal", "timestamp": "2025-05-10T18:00:00Z", '
+        f'"teamId": "t1", "metadata": {deep}}}'
+    )
+    for path, content in (("/api/events", body), ("/api/events/batch", f"[{body}]")):
+        response = await client.post(
+            path, content=content.encode(), headers={"content-type": "application/json"}
+        )
+        assert "deep" in assert_problem(response, 422)["detail"]
+
+
+async def test_batch_items_are_validated_as_strictly_as_single_events(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    numeric_time = goal(timestamp=1764032400)
+    single = await client.post("/api/events", json=numeric_time)
+    batch = await client.post("/api/events/batch", json=[goal(timestamp=1764032400)])
+    assert_problem(single, 422)
+    assert batch.json()["items"][0]["status"] == "invalid"
+    assert batch.json()["items"][0]["errors"][0]["field"] == "$[0].timestamp"

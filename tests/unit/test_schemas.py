@@ -219,14 +219,18 @@ def test_empty_body_is_malformed_body(body: bytes) -> None:
 # decode_batch
 
 
+def raw_items(body: bytes) -> list[Any]:
+    return [msgspec.json.decode(item) for item in decode_batch(body)]
+
+
 def test_batch_array_gives_its_items_unvalidated() -> None:
-    items = decode_batch(encode([goal(), {"anything": "goes here"}]))
+    items = raw_items(encode([goal(), {"anything": "goes here"}]))
 
     assert items == [goal(), {"anything": "goes here"}]
 
 
 def test_batch_wrapped_in_events_object_is_accepted() -> None:
-    assert decode_batch(encode({"events": [goal()]})) == [goal()]
+    assert raw_items(encode({"events": [goal()]})) == [goal()]
 
 
 def test_batch_of_500_events_is_accepted() -> None:
@@ -263,7 +267,7 @@ def test_batch_that_is_not_json_is_malformed_body(body: bytes) -> None:
 
 
 def test_batch_item_is_validated_like_a_single_event() -> None:
-    event = convert_event(goal(), NOW, "$[0]")
+    event = convert_event(msgspec.Raw(encode(goal())), NOW, "$[0]")
 
     assert event == decode(goal())
 
@@ -281,7 +285,7 @@ def test_batch_item_is_validated_like_a_single_event() -> None:
 )
 def test_batch_item_errors_name_the_item_position(item: Any, field: str) -> None:
     with pytest.raises(InvalidFields) as refused:
-        convert_event(item, NOW, "$[3]")
+        convert_event(msgspec.Raw(encode(item)), NOW, "$[3]")
 
     assert [error.field for error in refused.value.errors] == [field]
 

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -93,7 +94,7 @@ def test_every_planned_event_is_valid_for_the_service() -> None:
     for plan in (PLANS[0], PLANS[1], PLANS[2]):
         for event in plan:
             body = event.body("al-hilal-vs-al-nassr-test", str(uuid.uuid4()), now)
-            valid = convert_event(json.loads(json.dumps(body)), now, "$")
+            valid = convert_event(msgspec.Raw(json.dumps(body).encode()), now, "$")
             assert valid.event_type == event.event_type
             assert valid.player_id == event.player_id
 
