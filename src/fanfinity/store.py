@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import bson
+import bson.errors
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fanfinity.aggregation import SummaryIncrement, ingest_latency_update
@@ -62,6 +64,30 @@ def insert_report(error: BulkWriteError) -> InsertReport:
     return InsertReport(frozenset(duplicates), failed)
 
 
+def _unstorable(documents: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """Documents BSON cannot hold (validation should have refused them): kept out of the insert
+    so that one bad event can never fail, or half-apply, everybody else's group commit."""
+    failed: dict[int, str] = {}
+    for index, document in enumerate(documents):
+        try:
+            bson.encode(document)
+        except (bson.errors.InvalidDocument, OverflowError, ValueError) as exc:
+            failed[index] = f"not storable: {exc}"
+    return failed
+
+
+def _with_unstorable(report: InsertReport, unstorable: dict[int, str], total: int) -> InsertReport:
+    """Map a report about the storable subset back to positions in the whole batch."""
+    positions = [index for index in range(total) if index not in unstorable]
+    return InsertReport(
+        duplicate_indexes=frozenset(positions[i] for i in report.duplicate_indexes),
+        failed_indexes={
+            **{positions[i]: reason for i, reason in report.failed_indexes.items()},
+            **unstorable,
+        },
+    )
+
+
 class EventRepository:
     """The `events` collection. `on_inserted` lets the embedded engine feed its change log."""
 
@@ -85,11 +111,16 @@ class EventRepository:
             return await self._insert(documents)
 
     async def _insert(self, documents: Sequence[Mapping[str, Any]]) -> InsertReport:
+        unstorable = _unstorable(documents)
+        storable = [doc for index, doc in enumerate(documents) if index not in unstorable]
         try:
-            await self._collection.insert_many(list(documents), ordered=False)
+            if storable:
+                await self._collection.insert_many(storable, ordered=False)
             report = InsertReport()
         except BulkWriteError as exc:
             report = insert_report(exc)
+        if unstorable:
+            report = _with_unstorable(report, unstorable, len(documents))
         if self._on_inserted is not None:
             rejected = report.duplicate_indexes | set(report.failed_indexes)
             self._on_inserted([doc for index, doc in enumerate(documents) if index not in rejected])

@@ -236,3 +236,22 @@ def test_write_concern_error_means_no_event_of_the_batch_is_confirmed() -> None:
     )
     with pytest.raises(WriteNotConfirmed, match="Replication is being shut down"):
         insert_report(error)
+
+
+async def test_an_unstorable_document_fails_alone_and_the_rest_land_and_are_fed(
+    engine: Engine,
+) -> None:
+    """Validation should stop such documents; if one slips through it must not take its batch
+    down, nor leave stored events out of the change feed."""
+    bad = {**stored_event("bad"), "metadata": {"n": 2**64}}
+    report = await engine.events.insert_many([stored_event("good-1"), bad, stored_event("good-2")])
+
+    assert set(report.failed_indexes) == {1}
+    assert "not storable" in report.failed_indexes[1]
+    assert await engine.events.get("good-1") is not None
+    assert await engine.events.get("good-2") is not None
+    assert await engine.events.get("bad") is None
+    feed = engine.feed.changes({"sequence": 0}, max_batch=10, max_wait_s=0.01)
+    batch = await anext(feed)
+    assert [event["_id"] for event in batch.events] == ["good-1", "good-2"]
+    await feed.aclose()
