@@ -75,7 +75,13 @@ def create_app(
 
     return Litestar(
         route_handlers=route_handlers,
-        middleware=[DefineMiddleware(request_context_middleware, trace_ids=tracing is not None)],
+        middleware=[
+            DefineMiddleware(
+                request_context_middleware,
+                trace_ids=tracing is not None,
+                log_successes=settings.log_level in ("TRACE", "DEBUG"),
+            )
+        ],
         plugins=[] if tracing is None else [tracing.plugin],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from loguru import logger
 
 from fanfinity.app import create_app
 from fanfinity.config import Settings
@@ -346,3 +347,20 @@ async def test_batch_items_are_validated_as_strictly_as_single_events(
     assert_problem(single, 422)
     assert batch.json()["items"][0]["status"] == "invalid"
     assert batch.json()["items"][0]["errors"][0]["field"] == "$[0].timestamp"
+
+
+async def test_successful_requests_are_logged_only_at_debug(settings: Settings) -> None:
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG", format="{message}")
+    try:
+        for level in ("INFO", "DEBUG"):
+            app = create_app(with_settings(settings, log_level=level))
+            async with AsyncTestClient(app=app) as client:
+                client.headers["X-API-Key"] = PRODUCER_KEY
+                await client.post("/api/events", json=goal(matchId=f"log-{level.lower()}"))
+                await client.post("/api/events", json={"matchId": f"log-{level.lower()}"})
+    finally:
+        logger.remove(sink)
+    posts = [line.strip() for line in lines if line.startswith("POST /api/events")]
+    statuses = [line.split()[2] for line in posts]
+    assert statuses == ["422", "202", "422"]  # INFO: the refusal only; DEBUG: both

@@ -94,7 +94,7 @@ async def test_request_flush_and_aggregator_spans_are_linked(
 ) -> None:
     exporter = InMemorySpanExporter()
     with capture_spans(exporter):  # a long linger: the five posts share one group commit
-        app = create_app(with_settings(settings, batch_linger_ms=200.0))
+        app = create_app(with_settings(settings, batch_linger_ms=200.0, log_level="DEBUG"))
     assert traced_by_otel(app)
 
     async with AsyncTestClient(app=app) as client:
@@ -251,11 +251,11 @@ def test_endpoint_turns_on_otlp_export_named_fanfinity_unless_otel_names_it(
 
 
 async def test_tracing_off_installs_nothing_and_records_nothing(
-    app: Litestar,
     settings: Settings,
     log_records: list[dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    app = create_app(with_settings(settings, log_level="DEBUG"))  # so 202 lines are logged
     assert settings.otlp_endpoint is None
     assert start_tracing(settings) is None
     assert not traced_by_otel(app)
