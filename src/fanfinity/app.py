@@ -32,7 +32,7 @@ from fanfinity.db import open_engine
 from fanfinity.errors import EXCEPTION_HANDLERS
 from fanfinity.ingest import IngestBatcher, IngestLatencyRecorder
 from fanfinity.metrics import exposition
-from fanfinity.middleware import request_context_middleware
+from fanfinity.middleware import limit_header_size, request_context_middleware
 from fanfinity.ratelimit import TokenBucketLimiter
 from fanfinity.reads import MatchMetricsReader
 from fanfinity.streams import StreamHub
@@ -84,6 +84,7 @@ def create_app(
         ],
         plugins=[] if tracing is None else [tracing.plugin],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=limit_header_size,
         lifespan=[lifespan],
         cors_config=(
             CORSConfig(

@@ -12,14 +12,17 @@ import re
 import time
 from typing import Any
 
+from litestar import Request
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from loguru import logger
 
 from fanfinity import metrics
+from fanfinity.errors import HeadersTooLarge
 from fanfinity.tracing import request_trace_id
 
 REQUEST_ID_HEADER = b"x-request-id"
+MAX_HEADER_BYTES = 16 * 1024  # the HTTP parser's own limit is 80 KiB; nothing here needs more
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
@@ -42,7 +45,6 @@ def request_context_middleware(
             await app(scope, receive, send)
             return
         request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
         trace_id = request_trace_id(scope) if trace_ids else None
         started = time.perf_counter()
         status = 500
@@ -65,6 +67,13 @@ def request_context_middleware(
             _finish_request(scope, status, started, request_id, trace_id, log_successes)
 
     return middleware
+
+
+async def limit_header_size(request: Request[Any, Any, Any]) -> None:
+    """A `before_request` hook (so the 431 goes through the route's error handling and still
+    carries the request id and security headers)."""
+    if sum(len(name) + len(value) for name, value in request.scope["headers"]) > MAX_HEADER_BYTES:
+        raise HeadersTooLarge(f"request headers above {MAX_HEADER_BYTES} bytes")
 
 
 _ID_PREFIX = os.urandom(8).hex()

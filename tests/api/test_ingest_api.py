@@ -364,3 +364,11 @@ async def test_successful_requests_are_logged_only_at_debug(settings: Settings) 
     posts = [line.strip() for line in lines if line.startswith("POST /api/events")]
     statuses = [line.split()[2] for line in posts]
     assert statuses == ["422", "202", "422"]  # INFO: the refusal only; DEBUG: both
+
+
+async def test_oversized_headers_are_431_problem(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.get(
+        "/api/matches", headers={f"x-filler-{i}": "x" * 1000 for i in range(20)}
+    )
+    assert_problem(response, 431)
+    assert response.headers["x-request-id"]
