@@ -32,6 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"fanfinity: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command != "serve" and settings.embedded:
+        print(
+            f"fanfinity: `{args.command}` needs FANFINITY_MONGODB_URL=mongodb://...: the embedded "
+            "engine's events live inside the `fanfinity serve` process, which runs its own "
+            "aggregator",
+            file=sys.stderr,
+        )
+        return 2
     from fanfinity.log import configure_logging
 
     configure_logging(settings.log_level, settings.log_json)
