@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,6 +66,8 @@ class Aggregator:
         self._stall_after_s = stall_after_s
         self._active_window = active_window
         self._tracer = tracer
+        # Told which matches a committed batch changed (the live streams of this process).
+        self.on_applied: Callable[[Collection[str]], None] | None = None
         self._stopping = asyncio.Event()
         self._running = False
         self._last_progress = time.monotonic()
@@ -172,6 +174,8 @@ class Aggregator:
             metrics.AGGREGATOR_BATCH_SIZE.observe(len(events))
             metrics.EVENTS_PROCESSED.inc(len(events))
             self.events_processed += len(events)
+            if self.on_applied is not None:
+                self.on_applied(increments.keys())
         return new_generation
 
     async def rebuild(self, match_id: str | None = None) -> RebuildReport:

@@ -162,6 +162,8 @@ async def _run_services(
             else None
         ),
     )
+    if aggregator is not None:
+        aggregator.on_applied = services.streams.nudge
     app.state.settings = settings
     app.state.services = services
     if not settings.api_keys:

@@ -133,6 +133,10 @@ class MatchMetricsReader:
             body=msgspec.json.encode(metrics), version=version, ended=metrics.status == "ended"
         )
 
+    def forget(self, match_id: str) -> None:
+        """Drop a cached body that is known to be stale (its summary just changed)."""
+        self._cache.pop(match_id, None)
+
     def _remember(self, match_id: str, snapshot: MetricsSnapshot) -> None:
         if self._ttl_s <= 0:
             return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -21,6 +21,7 @@ from fanfinity.errors import MatchNotFound, StoreUnavailable, StreamsFull
 from fanfinity.reads import MatchMetricsReader, MetricsSnapshot
 
 SUBSCRIBER_QUEUE = 8
+MIN_SPACING_S = 0.25  # at most four updates a second per match, however fast it changes
 KEEPALIVE_S = 15.0
 RETRY_MS = 2_000
 END_OF_STREAM = b"event: end\ndata: {}\n\n"
@@ -50,6 +51,7 @@ class MatchChannel:
         self.last = snapshot
         self.last_frame = metrics_frame(self.sequence, snapshot)
         self.task: asyncio.Task[None] | None = None
+        self.changed = asyncio.Event()
 
     def publish(self, frame: bytes | None) -> None:
         for subscriber in list(self.subscribers):
@@ -64,7 +66,10 @@ class MatchChannel:
         """Publish changed metrics every interval, keep-alives when idle, end after full time."""
         last_sent = time.monotonic()
         while self.subscribers and not self.last.ended:
-            await asyncio.sleep(self.hub.interval_s)
+            with contextlib.suppress(TimeoutError):  # woken early when the aggregator says so
+                await asyncio.wait_for(self.changed.wait(), timeout=self.hub.interval_s)
+            self.changed.clear()
+            await asyncio.sleep(max(0.0, MIN_SPACING_S - (time.monotonic() - last_sent)))
             try:
                 snapshot = await self.hub.reader.snapshot(self.match_id)
             except (MatchNotFound, StoreUnavailable) as exc:
@@ -146,6 +151,15 @@ class StreamHub:
                 yield frame
         finally:
             self.leave(channel, subscriber)
+
+    def nudge(self, match_ids: Collection[str]) -> None:
+        """An in-process aggregator committed changes to these matches: refresh their streams
+        now rather than at the next interval (a separate aggregator process leaves the poll)."""
+        for match_id in match_ids:
+            channel = self.channels.get(match_id)
+            if channel is not None:
+                self.reader.forget(match_id)
+                channel.changed.set()
 
     def forget(self, channel: MatchChannel) -> None:
         if self.channels.get(channel.match_id) is channel:

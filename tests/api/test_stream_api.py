@@ -172,3 +172,39 @@ async def test_a_subscriber_that_does_not_read_is_dropped(
             break
     assert hub.dropped == 1
     assert hub.subscribers == 0
+
+
+async def test_in_process_aggregator_pushes_changes_before_the_poll_interval(
+    settings: Settings,
+) -> None:
+    """The poll interval is a fallback: with the aggregator in the same process, a goal reaches
+    the stream as soon as it is counted (here well before the 10 s interval)."""
+    slow_poll = with_settings(settings, stream_interval_ms=10_000.0, metrics_cache_ms=5_000.0)
+    app = create_app(slow_poll)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.01)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": PRODUCER_KEY}
+        ) as client:
+            await client.post("/api/events", json=event("match_start", 0))
+            await wait_counted(client, 1)
+            hub = app.state.services.streams
+            stream = await hub.open(MATCH)
+            assert b'"totalEvents":1' in await anext(stream)
+            posted = asyncio.get_running_loop().time()
+            await client.post("/api/events", json=event("goal", 3))
+            update = await asyncio.wait_for(anext(stream), timeout=3)
+            assert b'"totalEvents":2' in update
+            assert asyncio.get_running_loop().time() - posted < 2.0
+            await stream.aclose()
+    finally:
+        server.should_exit = True
+        await serving
