@@ -219,6 +219,10 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def optional_utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else as_utc(moment)
+
+
 def rebuild_pipeline(match_id: str | None) -> list[dict[str, Any]]:
     """The aggregation that recounts summaries from `events` at the finest grain the fold keeps."""
     match_stage: dict[str, Any] = {"$match": {"matchId": match_id} if match_id else {}}

@@ -60,6 +60,7 @@ class Aggregator:
         stall_after_s: float,
         active_window: timedelta,
         tracer: Tracer | None = None,
+        on_applied: Callable[[Collection[str]], None] | None = None,
     ) -> None:
         self._engine = engine
         self._batch_size = batch_size
@@ -67,7 +68,7 @@ class Aggregator:
         self._active_window = active_window
         self._tracer = tracer
         # Told which matches a committed batch changed (the live streams of this process).
-        self.on_applied: Callable[[Collection[str]], None] | None = None
+        self._on_applied = on_applied
         self._stopping = asyncio.Event()
         self._running = False
         self._last_progress = time.monotonic()
@@ -174,8 +175,8 @@ class Aggregator:
             metrics.AGGREGATOR_BATCH_SIZE.observe(len(events))
             metrics.EVENTS_PROCESSED.inc(len(events))
             self.events_processed += len(events)
-            if self.on_applied is not None:
-                self.on_applied(increments.keys())
+            if self._on_applied is not None:
+                self._on_applied(increments.keys())
         return new_generation
 
     async def rebuild(self, match_id: str | None = None) -> RebuildReport:

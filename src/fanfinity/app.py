@@ -135,6 +135,8 @@ async def _run_services(
         store_timeout_s=settings.store_timeout_s,
         tracer=tracer,
     )
+    reader = MatchMetricsReader(engine.summaries, settings.metrics_cache_ms / 1000)
+    streams = StreamHub(reader, settings.stream_interval_ms / 1000, settings.stream_max_subscribers)
     aggregator = (
         Aggregator(
             engine,
@@ -142,28 +144,24 @@ async def _run_services(
             stall_after_s=settings.aggregator_stall_s,
             active_window=timedelta(minutes=settings.active_window_min),
             tracer=tracer,
+            on_applied=streams.nudge,
         )
         if run_aggregator
         else None
     )
-    reader = MatchMetricsReader(engine.summaries, settings.metrics_cache_ms / 1000)
     services = Services(
         settings=settings,
         engine=engine,
         batcher=batcher,
         reader=reader,
         aggregator=aggregator,
-        streams=StreamHub(
-            reader, settings.stream_interval_ms / 1000, settings.stream_max_subscribers
-        ),
+        streams=streams,
         limiter=(
             TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
             if settings.rate_limit_per_s > 0
             else None
         ),
     )
-    if aggregator is not None:
-        aggregator.on_applied = services.streams.nudge
     app.state.settings = settings
     app.state.services = services
     if not settings.api_keys:

@@ -17,7 +17,13 @@ from litestar.params import FromPath, Parameter
 from litestar.response import Stream
 
 from fanfinity import metrics
-from fanfinity.aggregation import STATUS_NAMES, as_utc, name_from_field_key, status_name
+from fanfinity.aggregation import (
+    STATUS_NAMES,
+    as_utc,
+    name_from_field_key,
+    optional_utc,
+    status_name,
+)
 from fanfinity.aggregator import Aggregator
 from fanfinity.auth import require_producer_key, require_read_key
 from fanfinity.config import Settings
@@ -396,17 +402,13 @@ class MatchController(Controller):
                 status=status_name(int(summary.get("statusRank", 0))),
                 total_events=int(summary.get("total", 0)),
                 teams=sorted(name_from_field_key(key) for key in summary.get("byTeam") or {}),
-                first_event_at=_utc_or_none(summary.get("firstEventAt")),
-                last_event_at=_utc_or_none(summary.get("lastEventAt")),
-                as_of=_utc_or_none(summary.get("updatedAt")),
+                first_event_at=optional_utc(summary.get("firstEventAt")),
+                last_event_at=optional_utc(summary.get("lastEventAt")),
+                as_of=optional_utc(summary.get("updatedAt")),
             )
             for summary in summaries
         ]
         return MatchList(items=items, total=total, limit=limit, offset=offset)
-
-
-def _utc_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else as_utc(value)
 
 
 class HealthController(Controller):

@@ -86,8 +86,6 @@ REQUESTS_IN_PROGRESS = Gauge(
     multiprocess_mode="livesum",
 )
 
-_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
 
 @functools.cache
 def events_ingested(event_type: str) -> Any:
@@ -95,16 +93,17 @@ def events_ingested(event_type: str) -> Any:
     return EVENTS_INGESTED.labels(event_type)
 
 
+@functools.cache
+def _request_children(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The labelled children for one route and status (bounded by the routes), looked up once."""
+    labels = (method, route, str(status))
+    return REQUESTS.labels(*labels), REQUEST_DURATION.labels(*labels)
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    """Count one request; label children are cached (the label set is bounded by the routes)."""
-    key = (method, route, status)
-    children = _request_children.get(key)
-    if children is None:
-        labels = (method, route, str(status))
-        children = (REQUESTS.labels(*labels), REQUEST_DURATION.labels(*labels))
-        _request_children[key] = children
-    children[0].inc()
-    children[1].observe(seconds)
+    requests, duration = _request_children(method, route, status)
+    requests.inc()
+    duration.observe(seconds)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -17,9 +17,9 @@ from typing import Any
 import msgspec
 
 from fanfinity.aggregation import (
-    as_utc,
     busiest_window,
     name_from_field_key,
+    optional_utc,
     peak_minutes,
     per_minute_series,
     percentiles,
@@ -49,9 +49,9 @@ def match_metrics(summary: Mapping[str, Any], generated_at: datetime) -> MatchMe
         events_by_team={
             name_from_field_key(key): count for key, count in (summary.get("byTeam") or {}).items()
         },
-        first_event_at=_optional_utc(summary.get("firstEventAt")),
-        last_event_at=_optional_utc(summary.get("lastEventAt")),
-        as_of=_optional_utc(summary.get("updatedAt")),
+        first_event_at=optional_utc(summary.get("firstEventAt")),
+        last_event_at=optional_utc(summary.get("lastEventAt")),
+        as_of=optional_utc(summary.get("updatedAt")),
         generated_at=generated_at,
         events_per_minute=[MinuteEvents(item.minute, item.events) for item in series],
         peak_engagement_periods=[
@@ -70,10 +70,6 @@ def latency_percentiles(histogram: Mapping[str, int]) -> LatencyPercentiles:
     return LatencyPercentiles(
         p50=values[50], p95=values[95], p99=values[99], samples=sum(histogram.values())
     )
-
-
-def _optional_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else as_utc(value)
 
 
 @dataclass(frozen=True, slots=True)

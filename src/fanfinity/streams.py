@@ -116,21 +116,21 @@ class StreamHub:
             channel.subscribers.discard(subscriber)
             self.subscribers -= 1
 
-    async def open(self, match_id: str) -> AsyncIterator[bytes]:
-        """Check the match and capacity first (errors become HTTP answers), then stream."""
+    def _check_capacity(self) -> None:
         if self.subscribers >= self.max_subscribers:
             raise StreamsFull(
                 f"this replica already serves {self.max_subscribers} streams; retry another", 5
             )
+
+    async def open(self, match_id: str) -> AsyncIterator[bytes]:
+        """Check the match and capacity first (errors become HTTP answers), then stream."""
+        self._check_capacity()
         channel = self.channels.get(match_id)
         if channel is None:
             snapshot = await self.reader.snapshot(match_id)  # MatchNotFound -> 404
             channel = self.channels.get(match_id) or MatchChannel(self, match_id, snapshot)
             self.channels[match_id] = channel
-        if self.subscribers >= self.max_subscribers:  # re-checked: others joined while we read
-            raise StreamsFull(
-                f"this replica already serves {self.max_subscribers} streams; retry another", 5
-            )
+        self._check_capacity()  # again: others may have joined while the snapshot was read
         subscriber = Subscriber()
         channel.subscribers.add(subscriber)
         self.subscribers += 1
