@@ -63,10 +63,8 @@ def wait_until_up(port: int, path: str, timeout_s: float = 30.0) -> None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1):
                 return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # HTTPError too: not ready
             time.sleep(0.1)
-        except urllib.error.HTTPError:
-            return
     raise SystemExit(f"server on port {port} did not come up")
 
 

@@ -3,8 +3,8 @@
 Starts the service (embedded engine, one worker) unless --url is given, opens N raw SSE
 connections to one match (asyncio sockets, no HTTP client overhead), waits until every subscriber
 has its first `metrics` event, posts a goal, and measures when each subscriber receives the
-update carrying it. Prints subscribers connected, delivery latency p50/p99/max, misses, the
-server's RSS, and the store reads the server made (one per match per interval, not per subscriber).
+update carrying it. Prints subscribers connected, delivery latency p50/p99/max, misses and the
+server's RSS.
 
     uv run python scripts/bench_streams.py --subscribers 5000
 """
@@ -13,27 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+from bench import LOG_DIR, free_port, rss_mib, server  # scripts/ is this script's path
+
 API_KEY = "bench-producer-key-0001"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def post_event(base: str, match_id: str, event_type: str) -> None:
@@ -103,14 +96,6 @@ def percentile(values: list[float], rank: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(rank / 100 * len(ordered)) - 1))]
 
 
-def prometheus_value(base: str, name: str) -> float:
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:  # noqa: S310
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return float("nan")
-
-
 async def measure(base: str, subscribers: int, connect_rate: int) -> dict[str, float]:
     host, port = base.removeprefix("http://").split(":")
     match_id = f"stream-bench-{uuid.uuid4().hex[:8]}"
@@ -149,12 +134,6 @@ async def measure(base: str, subscribers: int, connect_rate: int) -> dict[str, f
     }
 
 
-def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(found.group(1)) / 1024 if found else float("nan")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -163,37 +142,23 @@ def main() -> int:
     parser.add_argument("--url", help="an already running service (default: start one)")
     parser.add_argument("--connect-batch", type=int, default=250, help="connections per 50 ms")
     args = parser.parse_args()
-    process = None
     base = args.url
+    service: contextlib.AbstractContextManager[int | None] = contextlib.nullcontext()
     if base is None:
         port = free_port()
-        log = tempfile.NamedTemporaryFile(prefix="fanfinity-streams-", suffix=".log", delete=False)  # noqa: SIM115
         env = {
             **os.environ,
             "FANFINITY_PORT": str(port),
             "FANFINITY_API_KEYS": API_KEY,
             "FANFINITY_MONGODB_URL": "memory://",
         }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fanfinity", "serve"], env=env, cwd=ROOT, stdout=log, stderr=log
-        )
+        service = server([sys.executable, "-m", "fanfinity", "serve"], env, port, "/health/ready")
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base}/health/ready", timeout=1):  # noqa: S310
-                    break
-            except OSError:
-                time.sleep(0.1)
-        print(f"service log: {log.name}")
-    try:
-        rss_before = rss_mib(process.pid) if process else float("nan")
+        print(f"service log: {LOG_DIR}")
+    with service as pid:
+        rss_before = rss_mib(pid) if pid else float("nan")
         result = asyncio.run(measure(base, args.subscribers, args.connect_batch))
-        rss_after = rss_mib(process.pid) if process else float("nan")
-    finally:
-        if process is not None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+        rss_after = rss_mib(pid) if pid else float("nan")
     print(
         f"subscribers: {result['connected']:.0f}/{args.subscribers} connected "
         f"in {result['connect_s']:.1f}s, each got the current metrics first"

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from litestar import Litestar
 
 from fanfinity.app import create_app
 from fanfinity.config import Settings
 from tests.api.test_ingest_api import assert_problem
-from tests.conftest import PRODUCER_KEY, with_settings
+from tests.conftest import PRODUCER_KEY, serving, with_settings
 
 MATCH = "stream-derby-2025"
 
@@ -57,19 +55,9 @@ def stream_settings(settings: Settings) -> Settings:
 async def live_app(stream_settings: Settings) -> AsyncIterator[Litestar]:
     """The app behind a real uvicorn socket on this event loop (streams need a real server)."""
     app = create_app(stream_settings)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.01)
-    app.state.base_url = f"http://127.0.0.1:{port}"
-    yield app
-    server.should_exit = True
-    await serving
+    async with serving(app) as base_url:
+        app.state.base_url = base_url
+        yield app
 
 
 @pytest.fixture
@@ -181,30 +169,18 @@ async def test_in_process_aggregator_pushes_changes_before_the_poll_interval(
     the stream as soon as it is counted (here well before the 10 s interval)."""
     slow_poll = with_settings(settings, stream_interval_ms=10_000.0, metrics_cache_ms=5_000.0)
     app = create_app(slow_poll)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.01)
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": PRODUCER_KEY}
-        ) as client:
-            await client.post("/api/events", json=event("match_start", 0))
-            await wait_counted(client, 1)
-            hub = app.state.services.streams
-            stream = await hub.open(MATCH)
-            assert b'"totalEvents":1' in await anext(stream)
-            posted = asyncio.get_running_loop().time()
-            await client.post("/api/events", json=event("goal", 3))
-            update = await asyncio.wait_for(anext(stream), timeout=3)
-            assert b'"totalEvents":2' in update
-            assert asyncio.get_running_loop().time() - posted < 2.0
-            await stream.aclose()
-    finally:
-        server.should_exit = True
-        await serving
+    async with (
+        serving(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": PRODUCER_KEY}) as client,
+    ):
+        await client.post("/api/events", json=event("match_start", 0))
+        await wait_counted(client, 1)
+        hub = app.state.services.streams
+        stream = await hub.open(MATCH)
+        assert b'"totalEvents":1' in await anext(stream)
+        posted = asyncio.get_running_loop().time()
+        await client.post("/api/events", json=event("goal", 3))
+        update = await asyncio.wait_for(anext(stream), timeout=3)
+        assert b'"totalEvents":2' in update
+        assert asyncio.get_running_loop().time() - posted < 2.0
+        await stream.aclose()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -22,7 +21,7 @@ import uvicorn
 
 from fanfinity.app import create_app
 from fanfinity.config import Settings
-from tests.conftest import PRODUCER_KEY, with_settings
+from tests.conftest import PRODUCER_KEY, free_port, with_settings
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -47,9 +46,7 @@ MATCH = "alhilal-vs-alnassr-demo"
 def live_server(settings: Settings) -> Iterator[str]:
     """The service on a real socket, in a thread with its own event loop."""
     app = create_app(with_settings(settings, stream_interval_ms=200.0, metrics_cache_ms=100.0))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

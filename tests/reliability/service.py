@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 PRODUCER_KEY = "reliability-producer-key-0001"
 SECOND_PRODUCER_KEY = "reliability-producer-key-0002"
 START_DEADLINE_S = 30.0
@@ -36,14 +37,6 @@ EVENT_TYPES = ("goal", "corner", "foul", "yellow_card", "substitution", "offside
 TEAMS = ("al-hilal", "al-nassr")
 # Whole seconds an hour ago: inside the accepted window whatever the clock says when a test runs.
 BASE_TIME = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (the kernel picks it; the service binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def service_environment(port: int, **settings: str) -> dict[str, str]:
