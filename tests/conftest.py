@@ -17,9 +17,9 @@ import uvicorn
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from fanfinity.app import create_app
+from fanfinity.api.app import create_app
 from fanfinity.config import Settings
-from fanfinity.db import Engine, open_engine
+from fanfinity.storage.engine import Engine, open_engine
 
 # CI gates merges, so there the property and fuzz tests replay the same examples every run;
 # locally they explore new ones each time.

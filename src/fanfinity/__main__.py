@@ -82,7 +82,7 @@ def _exit_cleanly(number: int, frame: FrameType | None) -> None:
 
 def app_factory() -> Any:
     """What each uvicorn worker calls: settings from the environment, logging, the app."""
-    from fanfinity.app import create_app
+    from fanfinity.api.app import create_app
     from fanfinity.log import configure_logging
 
     settings = Settings.from_env()
@@ -108,8 +108,8 @@ def tune_garbage_collector() -> None:
 async def _rebuild(settings: Settings, match_id: str | None) -> int:
     from datetime import timedelta
 
-    from fanfinity.aggregator import Aggregator
-    from fanfinity.db import open_engine
+    from fanfinity.pipeline.aggregator import Aggregator
+    from fanfinity.storage.engine import open_engine
 
     engine = await open_engine(settings)
     try:

@@ -151,7 +151,10 @@ def flush_span(
         "ingest.flush",
         context=Context(),
         links=[Link(ctx) for ctx in unique.values()],
-        attributes={"fanfinity.ingest.events": events, "fanfinity.ingest.requests": len(unique)},
+        attributes={
+            "fanfinity.ingest.events": events,
+            "fanfinity.ingest.requests": len(unique),
+        },
     )
 
 

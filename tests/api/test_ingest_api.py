@@ -10,7 +10,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from loguru import logger
 
-from fanfinity.app import create_app
+from fanfinity.api.app import create_app
 from fanfinity.config import Settings
 from tests.conftest import OTHER_PRODUCER_KEY, PRODUCER_KEY, post_concurrently, with_settings
 

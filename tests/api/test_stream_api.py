@@ -12,7 +12,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from fanfinity.app import create_app
+from fanfinity.api.app import create_app
 from fanfinity.config import Settings
 from tests.api.test_ingest_api import assert_problem
 from tests.conftest import PRODUCER_KEY, serving, with_settings

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import uvicorn
 
-from fanfinity.app import create_app
+from fanfinity.api.app import create_app
 from fanfinity.config import Settings
 from tests.conftest import PRODUCER_KEY, free_port, with_settings
 

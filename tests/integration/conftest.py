@@ -23,13 +23,18 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import monitoring
 from pymongo.read_concern import ReadConcern
 
-from fanfinity.aggregation import SummaryIncrement, as_utc, fold_events
-from fanfinity.aggregator import Aggregator
 from fanfinity.config import Settings
-from fanfinity.db import Engine, open_engine
-from fanfinity.ingest import IngestBatcher, IngestLatencyRecorder, WriteOutcome, event_document
-from fanfinity.models import EVENTS, MATCH_SUMMARIES
+from fanfinity.pipeline.aggregator import Aggregator
+from fanfinity.pipeline.fold import SummaryIncrement, as_utc, fold_events
+from fanfinity.pipeline.ingest import (
+    IngestBatcher,
+    IngestLatencyRecorder,
+    WriteOutcome,
+    event_document,
+)
 from fanfinity.schemas import ValidEvent, decode_event
+from fanfinity.storage.engine import Engine, open_engine
+from fanfinity.storage.models import EVENTS, MATCH_SUMMARIES
 from tests.conftest import PRODUCER_KEY
 
 T = TypeVar("T")

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from bson import Timestamp
 
-from fanfinity.aggregation import fold_events
-from fanfinity.db import Engine
-from fanfinity.ingest import WriteOutcome
-from fanfinity.models import MATCH_EVENTS, MATCH_SUMMARIES
-from fanfinity.store import CheckpointConflict, InsertReport
+from fanfinity.pipeline.fold import fold_events
+from fanfinity.pipeline.ingest import WriteOutcome
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.models import MATCH_EVENTS, MATCH_SUMMARIES
+from fanfinity.storage.repositories import CheckpointConflict, InsertReport
 from tests.integration.conftest import (
     TEAMS,
     event_batch,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from fanfinity.app import create_app
+from fanfinity.api.app import create_app
 from fanfinity.config import Settings
 from tests.conftest import PRODUCER_KEY
 from tests.integration.conftest import BASE_TIME, EVENT_TYPES, TEAMS, eventually, new_match_id

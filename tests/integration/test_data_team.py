@@ -20,10 +20,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from fanfinity.db import Engine
-from fanfinity.ingest import WriteOutcome, event_document
-from fanfinity.models import EVENTS, MATCH_EVENTS, MATCH_SUMMARIES
+from fanfinity.pipeline.ingest import WriteOutcome, event_document
 from fanfinity.schemas import decode_event
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.models import EVENTS, MATCH_EVENTS, MATCH_SUMMARIES
 from tests.integration.conftest import (
     eventually,
     ingest,

@@ -40,7 +40,7 @@ import httpx
 import pytest
 from motor.motor_asyncio import AsyncIOMotorClient
 
-from fanfinity.models import EVENTS, MATCH_SUMMARIES
+from fanfinity.storage.models import EVENTS, MATCH_SUMMARIES
 from tests.reliability.service import (
     PRODUCER_KEY,
     ServiceProcess,

@@ -28,9 +28,9 @@ from bson import Timestamp
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo.errors import OperationFailure
 
-from fanfinity.db import Engine
-from fanfinity.feeds import HISTORY_LOST_CODES, HistoryLost, Position
-from fanfinity.store import InsertReport
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.feeds import HISTORY_LOST_CODES, HistoryLost, Position
+from fanfinity.storage.repositories import InsertReport
 from tests.integration.conftest import (
     DEADLINE_S,
     event_batch,
@@ -45,7 +45,7 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 CHANGE_STREAM_HISTORY_LOST = 286
-SERVICE_APP_NAME = "fanfinity"  # the appname db.py gives the service's client
+SERVICE_APP_NAME = "fanfinity"  # the appname storage/engine.py gives the service's client
 
 
 async def resume_token_from_another_collection(engine: Engine) -> dict[str, Any]:

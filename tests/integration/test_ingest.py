@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from pymongo.read_concern import ReadConcern
 
-from fanfinity.db import Engine
-from fanfinity.ingest import WriteOutcome, event_document
-from fanfinity.models import EVENTS
+from fanfinity.pipeline.ingest import WriteOutcome, event_document
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.models import EVENTS
 from tests.integration.conftest import (
     TEAMS,
     event_batch,

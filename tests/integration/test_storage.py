@@ -10,8 +10,8 @@ from beanie import Document
 from pymongo.errors import BulkWriteError
 from pymongo.read_concern import ReadConcern
 
-from fanfinity.db import Engine
-from fanfinity.models import (
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.models import (
     EVENTS,
     MATCH_EVENTS,
     MATCH_SUMMARIES,
@@ -19,7 +19,7 @@ from fanfinity.models import (
     MatchEvent,
     MatchSummary,
 )
-from fanfinity.store import DUPLICATE_KEY, InsertReport, insert_report
+from fanfinity.storage.repositories import DUPLICATE_KEY, InsertReport, insert_report
 from tests.integration.conftest import TEAMS, CommandLog, new_match_id, stored_event
 
 pytestmark = pytest.mark.integration
@@ -85,7 +85,7 @@ async def test_events_are_written_with_majority_and_journal(
     command_log: CommandLog, open_engines: Callable[[], Awaitable[Engine]], database_name: str
 ) -> None:
     engine = await open_engines()  # created after the command listener, so it reports to it
-    # What db.py built: the repository's collection and the one the change stream watches.
+    # What the engine built: the repository's collection and the one the change stream watches.
     assert engine.events._collection.write_concern.document == MAJORITY_AND_JOURNAL
     assert engine.feed._events.name == EVENTS
 

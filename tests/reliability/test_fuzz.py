@@ -24,7 +24,7 @@ schemathesis = pytest.importorskip(
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from fanfinity.app import create_app  # noqa: E402
+from fanfinity.api.app import create_app  # noqa: E402
 from fanfinity.config import Settings  # noqa: E402
 from tests.reliability.service import PROBLEM_JSON, PRODUCER_KEY  # noqa: E402
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from fanfinity.app import create_app
+from fanfinity.api.app import create_app
 from fanfinity.config import Settings
 from tests.reliability.service import PRODUCER_KEY
 

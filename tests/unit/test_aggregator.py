@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from fanfinity.aggregator import Aggregator
-from fanfinity.db import Engine
-from fanfinity.store import CheckpointConflict
+from fanfinity.pipeline.aggregator import Aggregator
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.repositories import CheckpointConflict
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 MATCH = "alhilal-vs-alnassr"

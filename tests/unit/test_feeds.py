@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from fanfinity.db import Engine
-from fanfinity.feeds import HistoryLost, InProcessChangeFeed, describe_position
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.feeds import HistoryLost, InProcessChangeFeed, describe_position
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fanfinity.aggregation import fold_events
-from fanfinity.aggregator import Aggregator
 from fanfinity.config import Settings
-from fanfinity.db import open_engine
+from fanfinity.pipeline.aggregator import Aggregator
+from fanfinity.pipeline.fold import fold_events
 from fanfinity.schemas import EventType
-from fanfinity.store import CheckpointConflict, SummaryRepository
+from fanfinity.storage.engine import open_engine
+from fanfinity.storage.repositories import CheckpointConflict, SummaryRepository
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 APPLIED_AT = datetime(2025, 5, 10, 21, 0, tzinfo=UTC)

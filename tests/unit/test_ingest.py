@@ -16,18 +16,18 @@ from typing import Any
 import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError
 
-from fanfinity.db import Engine
 from fanfinity.errors import IngestOverloaded, ShuttingDown, StoreUnavailable
-from fanfinity.ingest import (
+from fanfinity.pipeline.ingest import (
     IngestBatcher,
     IngestLatencyRecorder,
     WriteOutcome,
     event_document,
     resolve_outcomes,
 )
-from fanfinity.models import EVENTS
 from fanfinity.schemas import decode_event
-from fanfinity.store import EventRepository, InsertReport, insert_report
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.models import EVENTS
+from fanfinity.storage.repositories import EventRepository, InsertReport, insert_report
 
 NOW = datetime(2025, 5, 10, 20, 0, tzinfo=UTC)
 PROMPTLY_S = 3.0  # far below the 10 s linger the size-flush tests configure

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fanfinity.ratelimit import MAX_TRACKED_KEYS, TokenBucketLimiter
+from fanfinity.api.ratelimit import MAX_TRACKED_KEYS, TokenBucketLimiter
 
 
 def test_a_burst_up_to_the_bucket_size_passes_then_the_next_event_waits() -> None:

@@ -9,11 +9,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from fanfinity.aggregation import LATENCY_RELATIVE_ERROR, fold_events
-from fanfinity.db import Engine
 from fanfinity.errors import MatchNotFound
-from fanfinity.reads import MatchMetricsReader, match_metrics
-from fanfinity.store import SummaryRepository
+from fanfinity.pipeline.fold import LATENCY_RELATIVE_ERROR, fold_events
+from fanfinity.pipeline.reads import MatchMetricsReader, match_metrics
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.repositories import SummaryRepository
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 GENERATED_AT = datetime(2025, 5, 10, 20, 0, tzinfo=UTC)

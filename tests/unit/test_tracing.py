@@ -31,11 +31,11 @@ from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
 from pymongo import monitoring
 from pymongo.errors import AutoReconnect
 
-from fanfinity.app import create_app
+from fanfinity.api.app import create_app
 from fanfinity.config import Settings, SettingsError
-from fanfinity.db import Engine
-from fanfinity.ingest import IngestBatcher, IngestLatencyRecorder
-from fanfinity.store import EventRepository, InsertReport
+from fanfinity.pipeline.ingest import IngestBatcher, IngestLatencyRecorder
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.repositories import EventRepository, InsertReport
 from fanfinity.tracing import capture_spans, start_tracing
 from tests.conftest import PRODUCER_KEY, post_concurrently, with_settings
 from tests.unit.test_ingest import event_id, goal
@@ -116,7 +116,10 @@ async def test_request_flush_and_aggregator_spans_are_linked(
 
     [flush] = named(spans, "ingest.flush")
     assert flush.parent is None  # its own trace, linked to the five it served
-    assert flush.attributes == {"fanfinity.ingest.events": 5, "fanfinity.ingest.requests": 5}
+    assert flush.attributes == {
+        "fanfinity.ingest.events": 5,
+        "fanfinity.ingest.requests": 5,
+    }
     linked = {(link.context.trace_id, link.context.span_id) for link in flush.links}
     assert linked == {(span.context.trace_id, span.context.span_id) for span in requests}
     assert flush.context.trace_id not in {span.context.trace_id for span in requests}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fanfinity.aggregation import (
+from fanfinity.pipeline.fold import (
     LATENCY_FLOOR_MS,
     LATENCY_MAX_BUCKET,
     LATENCY_RELATIVE_ERROR,
@@ -25,7 +25,7 @@ from fanfinity.aggregation import (
     rebuild_pipeline,
     summaries_from_rebuild_rows,
 )
-from fanfinity.db import Engine
+from fanfinity.storage.engine import Engine
 
 RIYADH = timezone(timedelta(hours=3))
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)

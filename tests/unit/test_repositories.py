@@ -8,10 +8,15 @@ from typing import Any
 import pytest
 from pymongo.errors import BulkWriteError
 
-from fanfinity.aggregation import fold_events
-from fanfinity.db import Engine
-from fanfinity.reads import match_metrics
-from fanfinity.store import CheckpointConflict, InsertReport, WriteNotConfirmed, insert_report
+from fanfinity.pipeline.fold import fold_events
+from fanfinity.pipeline.reads import match_metrics
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.repositories import (
+    CheckpointConflict,
+    InsertReport,
+    WriteNotConfirmed,
+    insert_report,
+)
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 

@@ -22,10 +22,10 @@ from loguru import logger
 from opentelemetry.trace import SpanContext, Tracer
 
 from fanfinity import metrics
-from fanfinity.aggregation import latency_bucket
 from fanfinity.errors import IngestOverloaded, ShuttingDown, StoreUnavailable
+from fanfinity.pipeline.fold import latency_bucket
 from fanfinity.schemas import ValidEvent
-from fanfinity.store import EventRepository, InsertReport, SummaryRepository
+from fanfinity.storage.repositories import EventRepository, InsertReport, SummaryRepository
 from fanfinity.tracing import current_span_context, flush_span, record_failure
 
 

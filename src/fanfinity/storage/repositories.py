@@ -16,7 +16,7 @@ import bson
 import bson.errors
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from fanfinity.aggregation import SummaryIncrement, ingest_latency_update
+from fanfinity.pipeline.fold import SummaryIncrement, ingest_latency_update
 
 DUPLICATE_KEY = 11000
 EMPTY_COUNTS: dict[str, Any] = {

@@ -21,15 +21,15 @@ from loguru import logger
 from opentelemetry.trace import Tracer
 
 from fanfinity import metrics
-from fanfinity.aggregation import (
+from fanfinity.pipeline.fold import (
     as_utc,
     fold_events,
     rebuild_pipeline,
     summaries_from_rebuild_rows,
 )
-from fanfinity.db import Engine
-from fanfinity.feeds import ChangeBatch, HistoryLost, Position, describe_position
-from fanfinity.store import CheckpointConflict
+from fanfinity.storage.engine import Engine
+from fanfinity.storage.feeds import ChangeBatch, HistoryLost, Position, describe_position
+from fanfinity.storage.repositories import CheckpointConflict
 from fanfinity.tracing import commit_span
 
 FEED_WAIT_S = 0.2

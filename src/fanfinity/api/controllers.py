@@ -17,31 +17,31 @@ from litestar.params import FromPath, Parameter
 from litestar.response import Stream
 
 from fanfinity import metrics
-from fanfinity.aggregation import (
+from fanfinity.api.access import require_producer_key, require_read_key
+from fanfinity.api.openapi import operation_with_json_body
+from fanfinity.api.problems import Problem
+from fanfinity.api.ratelimit import TokenBucketLimiter
+from fanfinity.config import Settings
+from fanfinity.errors import (
+    ClientDisconnected,
+    DuplicateEventConflict,
+    EventNotFound,
+    MatchNotFound,
+    RateLimited,
+    StoreUnavailable,
+    UnsupportedMediaType,
+)
+from fanfinity.pipeline.aggregator import Aggregator
+from fanfinity.pipeline.fold import (
     STATUS_NAMES,
     as_utc,
     name_from_field_key,
     optional_utc,
     status_name,
 )
-from fanfinity.aggregator import Aggregator
-from fanfinity.auth import require_producer_key, require_read_key
-from fanfinity.config import Settings
-from fanfinity.db import Engine
-from fanfinity.errors import (
-    ClientDisconnected,
-    DuplicateEventConflict,
-    EventNotFound,
-    MatchNotFound,
-    Problem,
-    RateLimited,
-    StoreUnavailable,
-    UnsupportedMediaType,
-)
-from fanfinity.ingest import IngestBatcher, WriteOutcome, event_document
-from fanfinity.openapi import operation_with_json_body
-from fanfinity.ratelimit import TokenBucketLimiter
-from fanfinity.reads import MatchMetricsReader
+from fanfinity.pipeline.ingest import IngestBatcher, WriteOutcome, event_document
+from fanfinity.pipeline.reads import MatchMetricsReader
+from fanfinity.pipeline.streams import StreamHub
 from fanfinity.schemas import (
     MAX_BATCH_BYTES,
     MAX_EVENT_BYTES,
@@ -63,7 +63,7 @@ from fanfinity.schemas import (
     decode_event,
     is_identifier,
 )
-from fanfinity.streams import StreamHub
+from fanfinity.storage.engine import Engine
 
 JSON = MediaType.JSON
 PRODUCER_SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}]

@@ -16,7 +16,8 @@ from typing import Any
 
 import msgspec
 
-from fanfinity.aggregation import (
+from fanfinity.errors import MatchNotFound
+from fanfinity.pipeline.fold import (
     busiest_window,
     name_from_field_key,
     optional_utc,
@@ -25,14 +26,13 @@ from fanfinity.aggregation import (
     percentiles,
     status_name,
 )
-from fanfinity.errors import MatchNotFound
 from fanfinity.schemas import (
     EngagementWindow,
     LatencyPercentiles,
     MatchMetrics,
     MinuteEvents,
 )
-from fanfinity.store import SummaryRepository
+from fanfinity.storage.repositories import SummaryRepository
 
 MAX_CACHED_MATCHES = 10_000
 

@@ -20,8 +20,8 @@ from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 
 from fanfinity.config import Settings
-from fanfinity.feeds import ChangeFeed, InProcessChangeFeed, MongoChangeFeed
-from fanfinity.models import (
+from fanfinity.storage.feeds import ChangeFeed, InProcessChangeFeed, MongoChangeFeed
+from fanfinity.storage.models import (
     CHECKPOINTS,
     EVENTS,
     MATCH_EVENTS,
@@ -29,7 +29,7 @@ from fanfinity.models import (
     SERVICE_DOCUMENTS,
     MatchEvent,
 )
-from fanfinity.store import (
+from fanfinity.storage.repositories import (
     CheckpointRepository,
     EventRepository,
     MatchEventRepository,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from fanfinity.errors import MatchNotFound, StoreUnavailable, StreamsFull
-from fanfinity.reads import MatchMetricsReader, MetricsSnapshot
+from fanfinity.pipeline.reads import MatchMetricsReader, MetricsSnapshot
 
 SUBSCRIBER_QUEUE = 8
 MIN_SPACING_S = 0.25  # at most four updates a second per match, however fast it changes
