@@ -10,17 +10,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from fanfinity.schemas import (
-    EventType,
+from fanfinity.api.validation import (
     InvalidFields,
     MalformedBody,
-    MatchEventIn,
-    ValidEvent,
     convert_event,
     decode_batch,
     decode_event,
     payload_fingerprint,
 )
+from fanfinity.schemas import EventType, MatchEventIn, ValidEvent
 
 NOW = datetime(2025, 5, 10, 20, 0, tzinfo=UTC)
 

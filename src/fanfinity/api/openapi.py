@@ -1,7 +1,9 @@
 """OpenAPI for bodies the handlers decode themselves (raw bytes, for precise 400/415/422 answers).
 
 Litestar documents request bodies from a `data` parameter; ours are read as bytes, so this module
-puts msgspec's JSON Schema for the Struct, with its `$defs` inlined, into the operation.
+puts msgspec's JSON Schema for the Struct, with its `$defs` inlined, into the operation. Patterns
+are written for Python (``\\A...\\Z``, a full match) and stated for ECMA-262, the dialect of JSON
+Schema, as `^...$` (which there never accepts a trailing newline).
 """
 
 from __future__ import annotations
@@ -23,13 +25,23 @@ def inline_json_schema(schema_type: Any) -> dict[str, Any]:
             reference = node.get("$ref")
             if isinstance(reference, str) and reference.startswith("#/$defs/"):
                 return resolve(definitions[reference.removeprefix("#/$defs/")])
-            return {key: resolve(value) for key, value in node.items()}
+            return {
+                key: ecma_pattern(value) if key == "pattern" else resolve(value)
+                for key, value in node.items()
+            }
         if isinstance(node, list):
             return [resolve(item) for item in node]
         return node
 
     resolved: dict[str, Any] = resolve(schema)
     return resolved
+
+
+def ecma_pattern(pattern: Any) -> Any:
+    """A Python full-match pattern (``\\A...\\Z``) in ECMA-262 terms (``^...$``)."""
+    if isinstance(pattern, str) and pattern.startswith("\\A") and pattern.endswith("\\Z"):
+        return f"^{pattern[2:-2]}$"
+    return pattern
 
 
 def operation_with_json_body(schema_type: Any, example: Any, description: str) -> type[Operation]:
