@@ -292,8 +292,10 @@ def _decode_reason(exc: msgspec.DecodeError | UnicodeDecodeError, body: bytes) -
                 f"{whole.start} ({whole.reason}); JSON must be sent as UTF-8"
             )
     message = str(exc)
-    surrogate = (
-        _LONE_SURROGATE.search(body) if "truncated" in message or "surrogate" in message else None
+    surrogate = (  # msgspec says "truncated", "end of hex escape" or "surrogate pair" for these
+        _LONE_SURROGATE.search(body)
+        if any(word in message for word in ("truncated", "escape", "surrogate"))
+        else None
     )
     if surrogate is not None:
         return (
