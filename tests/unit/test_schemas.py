@@ -433,3 +433,20 @@ async def test_a_large_batch_is_validated_in_slices_that_let_other_requests_run(
     assert all(isinstance(result, ValidEvent) for result in results)
     # ~500 KB in slices of about SLICE_BYTES: it ran between them (in one go it would run once)
     assert turns >= len(body) // (2 * SLICE_BYTES)
+
+
+def test_fingerprint_from_pre_encoded_metadata_is_the_fingerprint_of_the_payload() -> None:
+    """Validation splices the metadata it already encoded into the fingerprint; the hash must
+    be the one of the whole payload, or retries of events stored earlier would turn into 409s."""
+    metadata = {"z": [1, {"b": True, "a": None}], "a": {"y": 1.5, "x": "é"}}
+    raw = MatchEventIn(
+        match_id="alhilal-vs-alnassr",
+        event_type=EventType.GOAL,
+        timestamp=datetime(2025, 5, 10, 16, 42, 7, tzinfo=UTC),
+        team_id="al-hilal",
+        metadata=metadata,
+    )
+    spliced = payload_fingerprint(raw, raw.timestamp, msgspec.json.encode(metadata, order="sorted"))
+
+    assert spliced == payload_fingerprint(raw, raw.timestamp)
+    assert decode(goal(metadata=metadata, playerId=None)).fingerprint == spliced
