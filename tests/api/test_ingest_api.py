@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -478,3 +479,25 @@ def test_every_api_route_declares_its_access_and_documents_the_same(app: Litesta
                 assert operation["security"] == SECURITY[access], (route.path, method)
                 checked += 1
     assert checked >= 6
+
+
+async def test_openapi_event_body_states_the_validators_constraints(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    single = document["paths"]["/api/events"]["post"]["requestBody"]["content"]
+    event = single["application/json"]["schema"]
+    match_id = event["properties"]["matchId"]
+    assert match_id["pattern"] == "^[A-Za-z0-9\\-_.:]{1,64}$"  # ECMA-262: no trailing newline
+    assert (match_id["minLength"], match_id["maxLength"]) == (1, 64)
+    assert "goal" in event["properties"]["eventType"]["enum"]
+    assert event["additionalProperties"] is False
+    metadata = next(b for b in event["properties"]["metadata"]["anyOf"] if b.get("type"))
+    key_rule = re.compile(metadata["propertyNames"]["pattern"])
+    assert key_rule.search("assist")
+    assert not any(key_rule.search(key) for key in ("$where", "a.b", "nul\x00"))
+    batch = document["paths"]["/api/events/batch"]["post"]["requestBody"]["content"]
+    array = batch["application/json"]["schema"]["anyOf"][0]
+    assert (array["minItems"], array["maxItems"]) == (1, 500)
+    example = single["application/json"]["example"]
+    assert (await client.post("/api/events", json=example)).status_code == 202

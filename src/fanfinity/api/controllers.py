@@ -18,7 +18,7 @@ from litestar.params import FromPath, Parameter
 from litestar.response import Stream
 
 from fanfinity.api.access import Access, route_access
-from fanfinity.api.openapi import operation_with_json_body
+from fanfinity.api.openapi import batch_body_schema, event_body_schema, operation_with_json_body
 from fanfinity.api.problems import Problem
 from fanfinity.api.ratelimit import request_cost
 from fanfinity.api.validation import (
@@ -42,7 +42,6 @@ from fanfinity.schemas import (
     BatchResult,
     EventAccepted,
     HealthStatus,
-    MatchEventIn,
     MatchList,
     MatchMetrics,
     StoredEvent,
@@ -64,6 +63,9 @@ EXAMPLE_EVENT = {
     "playerId": "player-9",
     "metadata": {"minute": 42, "assist": "player-7"},
 }
+
+
+EVENT_BODY_SCHEMA = event_body_schema()
 
 
 def services_of(request: Request[Any, Any, Any]) -> Services:
@@ -110,7 +112,7 @@ class EventController(Controller):
         request_max_body_size=MAX_EVENT_BYTES,
         **route_access(Access.PRODUCER),
         operation_class=operation_with_json_body(
-            MatchEventIn, EXAMPLE_EVENT, "One match event (at most 32 KiB)."
+            EVENT_BODY_SCHEMA, EXAMPLE_EVENT, "One match event (at most 32 KiB)."
         ),
         summary="Ingest one match event",
         description=(
@@ -152,7 +154,9 @@ class EventController(Controller):
         request_max_body_size=MAX_BATCH_BYTES,
         **route_access(Access.PRODUCER),
         operation_class=operation_with_json_body(
-            list[MatchEventIn], [EXAMPLE_EVENT], "1 to 500 events (at most 512 KiB)."
+            batch_body_schema(EVENT_BODY_SCHEMA),
+            [EXAMPLE_EVENT],
+            "1 to 500 events (at most 512 KiB).",
         ),
         summary="Ingest up to 500 events, each validated and stored on its own",
         description=(
