@@ -1,21 +1,24 @@
-"""HTTP bodies as msgspec Structs: the single source of truth for validation and the OpenAPI.
+"""The shapes an event takes, as msgspec Structs: the single source of truth for the OpenAPI.
 
-Request bodies are decoded from raw bytes here (not by the framework) so that malformed JSON (400),
-invalid fields (422) and per-item validation in a batch are told apart precisely and cheaply.
+Wire bodies in (`MatchEventIn`) and out (`StoredEvent`, `BatchResult`, `MatchMetrics`...), and
+`ValidEvent`, the validated event handed from the API to the pipeline. They sit at the top of the
+package because the API decodes and encodes them while the pipeline and storage build them; the
+rules that turn bytes into a `ValidEvent` live in `fanfinity.api.validation`.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
 
-IDENTIFIER_PATTERN = r"^[A-Za-z0-9\-_.:]{1,64}$"
+# \A...\Z: a full match in Python (`$` would accept a trailing newline: "m\n"); the OpenAPI
+# document states it as ECMA-262's ^...$, which means the same there (see api/openapi.py).
+IDENTIFIER_PATTERN = r"\A[A-Za-z0-9\-_.:]{1,64}\Z"
+MAX_IDENTIFIER_LENGTH = 64
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 512 * 1024
 MAX_BATCH_EVENTS = 500
@@ -29,11 +32,12 @@ Identifier = Annotated[
     str,
     msgspec.Meta(
         pattern=IDENTIFIER_PATTERN,
+        min_length=1,
+        max_length=MAX_IDENTIFIER_LENGTH,
         description="1-64 characters: letters, digits and - _ . :",
         examples=["alhilal-vs-alnassr-2026-11-25"],
     ),
 ]
-_IDENTIFIER_RE = re.compile(IDENTIFIER_PATTERN)
 
 
 class EventType(enum.StrEnum):
@@ -130,18 +134,6 @@ class BatchResult(msgspec.Struct, rename="camel"):
     items: list[BatchItemResult]
 
 
-class MalformedBody(Exception):
-    """The body is not JSON at all (400), as opposed to JSON with invalid fields (422)."""
-
-
-class InvalidFields(Exception):
-    """JSON that does not describe a valid event (422); carries every reason found."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__("; ".join(f"{error.field}: {error.message}" for error in errors))
-        self.errors = errors
-
-
 class ValidEvent(msgspec.Struct, frozen=True):
     """A validated event with its identity settled and its payload fingerprinted."""
 
@@ -153,152 +145,6 @@ class ValidEvent(msgspec.Struct, frozen=True):
     player_id: str | None
     metadata: dict[str, Any] | None
     fingerprint: str
-
-
-def decode_event(body: bytes, now: datetime) -> ValidEvent:
-    """Parse one event body; raises `MalformedBody` or `InvalidFields`."""
-    try:
-        raw = msgspec.json.decode(body, type=MatchEventIn)
-    except msgspec.ValidationError as exc:
-        raise InvalidFields([_field_error(exc, "$")]) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(_decode_reason(exc, body)) from None
-    except RecursionError:
-        raise InvalidFields([FieldError("$", "nested too deeply")]) from None
-    return _check_event(raw, now, "$")
-
-
-class _WrappedBatch(msgspec.Struct, forbid_unknown_fields=True):
-    events: list[msgspec.Raw]
-
-
-def decode_batch(body: bytes) -> list[msgspec.Raw]:
-    """Split a batch body into its raw items; each is then decoded and validated on its own,
-    exactly as a single event would be."""
-    try:
-        parsed = msgspec.json.decode(body, type=list[msgspec.Raw] | _WrappedBatch)
-    except msgspec.ValidationError:
-        raise InvalidFields(
-            [FieldError("$", 'expected a JSON array of events or {"events": [...]}')]
-        ) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(_decode_reason(exc, body)) from None
-    except RecursionError:
-        raise InvalidFields([FieldError("$", "nested too deeply")]) from None
-    items = parsed.events if isinstance(parsed, _WrappedBatch) else parsed
-    if not items:
-        raise InvalidFields([FieldError("$", "the batch is empty")])
-    if len(items) > MAX_BATCH_EVENTS:
-        raise InvalidFields(
-            [FieldError("$", f"at most {MAX_BATCH_EVENTS} events per batch, got {len(items)}")]
-        )
-    return items
-
-
-def convert_event(item: msgspec.Raw, now: datetime, path: str) -> ValidEvent:
-    """Validate one batch item with the single-event rules; raises `InvalidFields`."""
-    try:
-        raw = msgspec.json.decode(item, type=MatchEventIn)
-    except msgspec.ValidationError as exc:
-        raise InvalidFields([_field_error(exc, path)]) from None
-    except RecursionError:
-        raise InvalidFields([FieldError(path, "nested too deeply")]) from None
-    return _check_event(raw, now, path)
-
-
-def _check_event(raw: MatchEventIn, now: datetime, path: str) -> ValidEvent:
-    errors: list[FieldError] = []
-    timestamp = raw.timestamp.astimezone(UTC)
-    if timestamp > now + MAX_FUTURE_SKEW:
-        errors.append(FieldError(f"{path}.timestamp", "more than 24 hours in the future"))
-    elif timestamp < EARLIEST_TIMESTAMP:
-        errors.append(FieldError(f"{path}.timestamp", "before 2000-01-01T00:00:00Z"))
-    if raw.metadata is not None:
-        errors.extend(_check_metadata(raw.metadata, f"{path}.metadata"))
-    if errors:
-        raise InvalidFields(errors)
-    event_id = str(raw.event_id) if raw.event_id is not None else str(uuid.uuid4())
-    return ValidEvent(
-        event_id=event_id,
-        match_id=raw.match_id,
-        event_type=raw.event_type,
-        timestamp=timestamp,
-        team_id=raw.team_id,
-        player_id=raw.player_id,
-        metadata=raw.metadata,
-        fingerprint=payload_fingerprint(raw, timestamp),
-    )
-
-
-def _check_metadata(metadata: dict[str, Any], path: str) -> list[FieldError]:
-    """Size, depth, and what MongoDB can store: keys without `$`, `.` or NUL; 64-bit integers."""
-    size = len(msgspec.json.encode(metadata))
-    if size > MAX_METADATA_BYTES:
-        return [FieldError(path, f"at most {MAX_METADATA_BYTES} bytes serialised, got {size}")]
-    stack: list[tuple[Any, int]] = [(metadata, 1)]
-    while stack:  # iterative: a deeply nested body must not exhaust the interpreter's stack
-        value, depth = stack.pop()
-        if isinstance(value, dict | list) and depth > MAX_METADATA_DEPTH:
-            return [FieldError(path, f"at most {MAX_METADATA_DEPTH} levels deep")]
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if key.startswith("$") or "." in key or "\x00" in key:
-                    return [
-                        FieldError(path, f"keys may not start with $ or hold '.' or NUL: {key!r}")
-                    ]
-                stack.append((item, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
-        elif (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and not (INT64_MIN <= value <= INT64_MAX)
-        ):
-            return [FieldError(path, "integers must fit in 64 bits (MongoDB's widest integer)")]
-    return []
-
-
-def payload_fingerprint(raw: MatchEventIn, timestamp: datetime) -> str:
-    """Hash of everything the producer said except the eventId: equal payloads, equal hashes."""
-    canonical = msgspec.json.encode(
-        {
-            "matchId": raw.match_id,
-            "eventType": raw.event_type,
-            "timestamp": timestamp.isoformat(),
-            "teamId": raw.team_id,
-            "playerId": raw.player_id,
-            "metadata": raw.metadata,
-        },
-        order="sorted",
-    )
-    return hashlib.sha256(canonical).hexdigest()
-
-
-def is_identifier(value: str) -> bool:
-    """True when `value` is a valid matchId/teamId (used for path parameters)."""
-    return _IDENTIFIER_RE.fullmatch(value) is not None
-
-
-_NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]+)`$")
-
-
-def _field_error(exc: msgspec.ValidationError, base: str) -> FieldError:
-    """Map msgspec's "message - at `$.path`" to a FieldError whose path names the field itself."""
-    text = str(exc)
-    message, _, location = text.rpartition(" - at `")
-    if not message:
-        message, location = text, "$`"
-    path = base + location.rstrip("`")[1:]
-    named = _NAMED_FIELD.match(message)
-    if named:  # msgspec reports these at the enclosing object; point at the field
-        path = f"{path}.{named.group(1)}"
-    return FieldError(path, message)
-
-
-def _decode_reason(exc: msgspec.DecodeError, body: bytes) -> str:
-    if not body.strip():
-        return "the request body is empty"
-    return f"the body is not valid JSON: {exc}"
 
 
 class MinuteEvents(msgspec.Struct):

@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from loguru import logger
 
+from fanfinity.api.access import SECURITY, Access
 from fanfinity.api.app import create_app
 from fanfinity.config import Settings
 from tests.conftest import OTHER_PRODUCER_KEY, PRODUCER_KEY, post_concurrently, with_settings
+from tests.factories import event_body as goal
 
 PROBLEM = "application/problem+json"
-
-
-def goal(**overrides: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "eventId": str(uuid.uuid4()),
-        "matchId": "alhilal-vs-alnassr",
-        "eventType": "goal",
-        "timestamp": "2025-05-10T19:42:07+03:00",
-        "teamId": "al-hilal",
-        "playerId": "player-9",
-        "metadata": {"minute": 42},
-    }
-    event.update(overrides)
-    return event
 
 
 def assert_problem(response: Any, status: int) -> dict[str, Any]:
@@ -372,3 +362,142 @@ async def test_oversized_headers_are_431_problem(client: AsyncTestClient[Litesta
     )
     assert_problem(response, 431)
     assert response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        pytest.param(b'{"matchId": "m\xff"}', "not valid UTF-8", id="invalid-utf8"),
+        pytest.param(rb'{"matchId": "\ud800"}', "lone UTF-16 surrogate", id="lone-surrogate"),
+    ],
+)
+async def test_bytes_that_are_not_unicode_are_400_malformed_json_on_both_endpoints(
+    client: AsyncTestClient[Litestar], content: bytes, reason: str
+) -> None:
+    for path, body in (("/api/events", content), ("/api/events/batch", b"[" + content + b"]")):
+        response = await client.post(
+            path, content=body, headers={"content-type": "application/json"}
+        )
+        problem = assert_problem(response, 400)
+        assert problem["type"] == "urn:fanfinity:problem:malformed-json", path
+        assert reason in problem["detail"], path
+
+
+async def test_a_batch_with_one_bad_byte_stores_none_of_its_events(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    first, second = goal(), goal(playerId="PLACEHOLDER")
+    body = msgspec.json.encode([first, second]).replace(b"PLACEHOLDER", b"pl\xe9yer")
+    response = await client.post(
+        "/api/events/batch", content=body, headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 400)
+    assert_problem(await client.get(f"/api/events/{first['eventId']}"), 404)
+
+
+@pytest.mark.parametrize("match_id", ["m\n", "m\r", "m\x00", "m\u2028"])
+async def test_identifier_with_a_trailing_control_character_is_422_not_stored(
+    client: AsyncTestClient[Litestar], match_id: str
+) -> None:
+    problem = assert_problem(await client.post("/api/events", json=goal(matchId=match_id)), 422)
+    assert problem["errors"][0]["field"] == "$.matchId"
+    listed = (await client.get("/api/matches")).json()["items"]
+    assert all(item["matchId"] != match_id for item in listed)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["status=live%0A", "status=live%0D%0A", "status=%00", "status=LIVE", "limit=1%0A", "offset=x"],
+)
+async def test_bad_match_list_query_is_400_problem_naming_the_parameter(
+    client: AsyncTestClient[Litestar], query: str
+) -> None:
+    problem = assert_problem(await client.get(f"/api/matches?{query}"), 400)
+    assert problem["errors"][0]["field"] == f"query.{query.split('=')[0]}"
+
+
+@pytest.mark.parametrize("path_id", ["m%0A", "m%0D", "m%00", "m%09", "%E2%80%A8"])
+async def test_path_id_with_a_control_character_is_404_problem(
+    client: AsyncTestClient[Litestar], path_id: str
+) -> None:
+    for path in (f"/api/matches/{path_id}/metrics", f"/api/events/{path_id}"):
+        assert_problem(await client.get(path), 404)
+
+
+class TestRateCost:
+    """A write costs its events or its size in 512-byte tokens, whichever is more."""
+
+    async def test_a_large_event_costs_its_size(self, settings: Settings) -> None:
+        limited = with_settings(settings, rate_limit_per_s=0.001, rate_limit_burst=100)
+        big = goal(metadata={"notes": "x" * 8_000})  # about 8.2 KB: 17 tokens
+        async with AsyncTestClient(app=create_app(limited)) as client:
+            client.headers["X-API-Key"] = PRODUCER_KEY
+            small_answer = await client.post("/api/events", json=goal())
+            big_answer = await client.post("/api/events", json=big)
+        assert small_answer.headers["ratelimit-remaining"] == "99"
+        size = len(msgspec.json.encode(big))
+        assert big_answer.headers["ratelimit-remaining"] == str(99 - -(-size // 512))
+
+    async def test_a_batch_costs_its_items_or_its_size(self, settings: Settings) -> None:
+        limited = with_settings(settings, rate_limit_per_s=0.001, rate_limit_burst=1_000)
+        deep = [goal(metadata={"numbers": list(range(1_500))}) for _ in range(3)]  # ~8 KB each
+        async with AsyncTestClient(app=create_app(limited)) as client:
+            client.headers["X-API-Key"] = PRODUCER_KEY
+            by_items = await client.post("/api/events/batch", json=[goal() for _ in range(10)])
+            by_size = await client.post("/api/events/batch", json=deep)
+        assert by_items.headers["ratelimit-remaining"] == str(1_000 - 10)
+        cost = -(-len(msgspec.json.encode(deep)) // 512)
+        assert cost > 3
+        assert by_size.headers["ratelimit-remaining"] == str(1_000 - 10 - cost)
+
+    async def test_a_request_costing_more_than_the_burst_passes_on_a_full_bucket(
+        self, settings: Settings
+    ) -> None:
+        tight = with_settings(settings, rate_limit_per_s=0.001, rate_limit_burst=5)
+        async with AsyncTestClient(app=create_app(tight)) as client:
+            client.headers["X-API-Key"] = PRODUCER_KEY
+            first = await client.post("/api/events/batch", json=[goal() for _ in range(20)])
+            second = await client.post("/api/events", json=goal())
+        assert first.status_code == 200
+        assert first.json()["accepted"] == 20
+        assert_problem(second, 429)
+
+
+def test_every_api_route_declares_its_access_and_documents_the_same(app: Litestar) -> None:
+    """The access a route declares is what the hook enforces and what the OpenAPI says."""
+    document = app.openapi_schema.to_schema()
+    checked = 0
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            methods = set(handler.http_methods) - {"HEAD", "OPTIONS"}
+            if not route.path.startswith("/api/") or not methods:
+                continue
+            access = handler.opt.get("access")
+            assert access in (Access.PRODUCER, Access.READ), (route.path, methods)
+            for method in methods:
+                operation = document["paths"][route.path.replace(":str", "")][method.lower()]
+                assert operation["security"] == SECURITY[access], (route.path, method)
+                checked += 1
+    assert checked >= 6
+
+
+async def test_openapi_event_body_states_the_validators_constraints(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    single = document["paths"]["/api/events"]["post"]["requestBody"]["content"]
+    event = single["application/json"]["schema"]
+    match_id = event["properties"]["matchId"]
+    assert match_id["pattern"] == "^[A-Za-z0-9\\-_.:]{1,64}$"  # ECMA-262: no trailing newline
+    assert (match_id["minLength"], match_id["maxLength"]) == (1, 64)
+    assert "goal" in event["properties"]["eventType"]["enum"]
+    assert event["additionalProperties"] is False
+    metadata = next(b for b in event["properties"]["metadata"]["anyOf"] if b.get("type"))
+    key_rule = re.compile(metadata["propertyNames"]["pattern"])
+    assert key_rule.search("assist")
+    assert not any(key_rule.search(key) for key in ("$where", "a.b", "nul\x00"))
+    batch = document["paths"]["/api/events/batch"]["post"]["requestBody"]["content"]
+    array = batch["application/json"]["schema"]["anyOf"][0]
+    assert (array["minItems"], array["maxItems"]) == (1, 500)
+    example = single["application/json"]["example"]
+    assert (await client.post("/api/events", json=example)).status_code == 202

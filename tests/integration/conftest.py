@@ -23,6 +23,7 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import monitoring
 from pymongo.read_concern import ReadConcern
 
+from fanfinity.api.validation import decode_event
 from fanfinity.config import Settings
 from fanfinity.pipeline.aggregator import Aggregator
 from fanfinity.pipeline.fold import SummaryIncrement, as_utc, fold_events
@@ -32,7 +33,7 @@ from fanfinity.pipeline.ingest import (
     WriteOutcome,
     event_document,
 )
-from fanfinity.schemas import ValidEvent, decode_event
+from fanfinity.schemas import ValidEvent
 from fanfinity.storage.engine import Engine, open_engine
 from fanfinity.storage.models import EVENTS, MATCH_SUMMARIES
 from tests.conftest import PRODUCER_KEY

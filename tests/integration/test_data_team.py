@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 import pytest
 
+from fanfinity.api.validation import decode_event
 from fanfinity.pipeline.ingest import WriteOutcome, event_document
-from fanfinity.schemas import decode_event
 from fanfinity.storage.engine import Engine
 from fanfinity.storage.models import EVENTS, MATCH_EVENTS, MATCH_SUMMARIES
 from tests.integration.conftest import (

@@ -5,32 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
 from fanfinity.pipeline.aggregator import Aggregator
 from fanfinity.storage.engine import Engine
 from fanfinity.storage.repositories import CheckpointConflict
+from tests.factories import stored_event
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 MATCH = "alhilal-vs-alnassr"
 PATIENCE_S = 5.0
-
-
-def stored_event(
-    event_id: str, *, event_type: str = "goal", team_id: str = "al-hilal", minute: int = 0
-) -> dict[str, Any]:
-    timestamp = KICK_OFF + timedelta(minutes=minute)
-    return {
-        "_id": event_id,
-        "matchId": MATCH,
-        "eventType": event_type,
-        "timestamp": timestamp,
-        "teamId": team_id,
-        "receivedAt": timestamp,
-        "fingerprint": f"fp-{event_id}",
-    }
 
 
 def make_aggregator(engine: Engine, batch_size: int = 2) -> Aggregator:

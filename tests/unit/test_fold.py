@@ -6,7 +6,6 @@ import math
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 
@@ -26,32 +25,12 @@ from fanfinity.pipeline.fold import (
     summaries_from_rebuild_rows,
 )
 from fanfinity.storage.engine import Engine
+from tests.factories import stored_event
 
 RIYADH = timezone(timedelta(hours=3))
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 # percentiles() rounds to the microsecond; allow that on top of the bucket error.
 ROUNDING_MS = 0.0005
-
-
-def stored_event(
-    event_id: str,
-    *,
-    match_id: str = "alhilal-vs-alnassr",
-    event_type: str = "goal",
-    team_id: str = "al-hilal",
-    timestamp: datetime = KICK_OFF,
-    received_at: datetime | None = None,
-) -> dict[str, Any]:
-    """An event as the `events` collection holds it."""
-    return {
-        "_id": event_id,
-        "matchId": match_id,
-        "eventType": event_type,
-        "timestamp": timestamp,
-        "teamId": team_id,
-        "receivedAt": received_at or timestamp,
-        "fingerprint": f"fp-{event_id}",
-    }
 
 
 def nearest_rank(samples: list[float], rank: float) -> float:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError
 
+from fanfinity.api.validation import decode_event
 from fanfinity.errors import IngestOverloaded, ShuttingDown, StoreUnavailable
 from fanfinity.pipeline.ingest import (
     IngestBatcher,
@@ -24,7 +25,6 @@ from fanfinity.pipeline.ingest import (
     event_document,
     resolve_outcomes,
 )
-from fanfinity.schemas import decode_event
 from fanfinity.storage.engine import Engine
 from fanfinity.storage.models import EVENTS
 from fanfinity.storage.repositories import EventRepository, InsertReport, insert_report

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from fanfinity.api.ratelimit import MAX_TRACKED_KEYS, TokenBucketLimiter
+from fanfinity.api.ratelimit import (
+    BYTES_PER_TOKEN,
+    MAX_TRACKED_KEYS,
+    TokenBucketLimiter,
+    request_cost,
+)
 
 
 def test_a_burst_up_to_the_bucket_size_passes_then_the_next_event_waits() -> None:
@@ -45,3 +50,22 @@ def test_memory_stays_bounded_with_many_keys() -> None:
     for number in range(MAX_TRACKED_KEYS * 2):
         limiter.take(f"client-{number}", now=number / 1_000)
     assert len(limiter._buckets) <= MAX_TRACKED_KEYS
+
+
+def test_a_request_costs_its_events_or_its_size_whichever_is_more() -> None:
+    assert request_cost(events=1, body_bytes=300) == 1
+    assert request_cost(events=1, body_bytes=BYTES_PER_TOKEN + 1) == 2
+    assert request_cost(events=500, body_bytes=125_000) == 500  # 500 typical events
+    assert request_cost(events=31, body_bytes=31 * 16_384) == 992  # 31 deep items
+    assert request_cost(events=0, body_bytes=0) == 1
+
+
+def test_a_cost_above_the_burst_takes_the_whole_burst_instead_of_never_passing() -> None:
+    limiter = TokenBucketLimiter(rate_per_s=1, burst=10)
+
+    first = limiter.take("producer", cost=50, now=0.0)
+    second = limiter.take("producer", cost=1, now=0.0)
+
+    assert first.allowed
+    assert first.remaining == 0
+    assert not second.allowed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -14,6 +14,7 @@ from fanfinity.pipeline.fold import LATENCY_RELATIVE_ERROR, fold_events
 from fanfinity.pipeline.reads import MatchMetricsReader, match_metrics
 from fanfinity.storage.engine import Engine
 from fanfinity.storage.repositories import SummaryRepository
+from tests.factories import stored_event
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 GENERATED_AT = datetime(2025, 5, 10, 20, 0, tzinfo=UTC)
@@ -23,19 +24,6 @@ LONG_TTL_S = 60.0
 def at(hh_mm: str) -> datetime:
     hours, minutes = hh_mm.split(":")
     return datetime(2025, 5, 10, int(hours), int(minutes), tzinfo=UTC)
-
-
-def stored_event(event_id: str, minute: int = 0, event_type: str = "goal") -> dict[str, Any]:
-    timestamp = KICK_OFF + timedelta(minutes=minute)
-    return {
-        "_id": event_id,
-        "matchId": "alhilal-vs-alnassr",
-        "eventType": event_type,
-        "timestamp": timestamp,
-        "teamId": "al-hilal",
-        "receivedAt": timestamp,
-        "fingerprint": f"fp-{event_id}",
-    }
 
 
 async def count(engine: Engine, *events: dict[str, Any]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from pymongo.errors import BulkWriteError
@@ -17,28 +16,9 @@ from fanfinity.storage.repositories import (
     WriteNotConfirmed,
     insert_report,
 )
+from tests.factories import stored_event
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
-
-
-def stored_event(
-    event_id: str,
-    *,
-    match_id: str = "alhilal-vs-alnassr",
-    event_type: str = "goal",
-    team_id: str = "al-hilal",
-    minute: int = 0,
-) -> dict[str, Any]:
-    timestamp = KICK_OFF + timedelta(minutes=minute)
-    return {
-        "_id": event_id,
-        "matchId": match_id,
-        "eventType": event_type,
-        "timestamp": timestamp,
-        "teamId": team_id,
-        "receivedAt": timestamp,
-        "fingerprint": f"fp-{event_id}",
-    }
 
 
 # insert_report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,33 +11,30 @@ from typing import Any
 import msgspec
 import pytest
 
-from fanfinity.schemas import (
-    EventType,
+from fanfinity.api.validation import (
+    SLICE_BYTES,
     InvalidFields,
     MalformedBody,
-    MatchEventIn,
-    ValidEvent,
     convert_event,
     decode_batch,
     decode_event,
     payload_fingerprint,
+    validate_batch,
 )
+from fanfinity.schemas import EventType, MatchEventIn, ValidEvent
+from tests.factories import event_body
 
 NOW = datetime(2025, 5, 10, 20, 0, tzinfo=UTC)
 
 
 def goal(**changes: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "eventId": "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
-        "matchId": "alhilal-vs-alnassr",
-        "eventType": "goal",
-        "timestamp": "2025-05-10T19:42:07+03:00",
-        "teamId": "al-hilal",
-        "playerId": "player-9",
-        "metadata": {"minute": 42, "assist": "player-7"},
-    }
-    event.update(changes)
-    return event
+    return event_body(
+        **{
+            "eventId": "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
+            "metadata": {"minute": 42, "assist": "player-7"},
+            **changes,
+        }
+    )
 
 
 def without(field: str) -> dict[str, Any]:
@@ -345,3 +343,110 @@ def test_fingerprint_of_a_struct_uses_the_given_utc_timestamp() -> None:
 
     assert same == payload_fingerprint(raw, raw.timestamp)
     assert same != later
+
+
+# any bytes: malformed, never an unexpected exception
+
+
+@pytest.mark.parametrize(
+    ("body", "offset"),
+    [
+        pytest.param(b'{"matchId": "m\xff1"}', 14, id="in-a-string"),
+        pytest.param(b'{"metadata": {"note": "caf\xc3"}}', 26, id="truncated-sequence-in-metadata"),
+        pytest.param(b'{"m\xe9tadata": 1}', 3, id="in-a-key"),
+        pytest.param(b'{"teamId": "\xed\xa0\x80"}', 12, id="encoded-surrogate"),
+    ],
+)
+def test_invalid_utf8_is_malformed_with_its_offset_in_the_body(body: bytes, offset: int) -> None:
+    with pytest.raises(MalformedBody, match=f"not valid UTF-8: byte .* at offset {offset} "):
+        decode_event(body, NOW)
+
+
+def test_invalid_utf8_anywhere_in_a_batch_refuses_the_whole_batch() -> None:
+    body = encode([goal(), goal()]).replace(b'"player-9"', b'"player-\xff"', 1)
+    with pytest.raises(MalformedBody, match="not valid UTF-8"):
+        decode_batch(body)
+
+
+@pytest.mark.parametrize(
+    "escape", [rb"\ud800", rb"\udfff", rb"\ud83d\u0041", rb"\u0041\ude00", rb"\ud83d"]
+)
+def test_lone_surrogate_escape_is_malformed_and_says_so(escape: bytes) -> None:
+    body = encode(goal(playerId="PLACEHOLDER")).replace(b"PLACEHOLDER", escape)
+    for decode_body in (lambda: decode_event(body, NOW), lambda: decode_batch(b"[" + body + b"]")):
+        with pytest.raises(MalformedBody, match="lone UTF-16 surrogate escape"):
+            decode_body()
+
+
+def test_a_surrogate_pair_escape_is_a_character_not_an_error() -> None:
+    body = encode(goal(metadata={"chant": "PLACEHOLDER"})).replace(b"PLACEHOLDER", rb"\ud83d\ude00")
+    assert decode_event(body, NOW).metadata == {"chant": "\U0001f600"}
+
+
+def test_an_escaped_backslash_before_u_is_text_not_a_surrogate() -> None:
+    body = encode(goal(metadata={"path": "PLACEHOLDER"})).replace(b"PLACEHOLDER", rb"\\ud800")
+    assert decode_event(body, NOW).metadata == {"path": "\\ud800"}
+
+
+# anchored identifiers
+
+
+@pytest.mark.parametrize("value", ["m\n", "m\r\n", "\nm", "m\x00", "m\t", "m\u2028", "m\x1b"])
+@pytest.mark.parametrize("field", ["matchId", "teamId", "playerId"])
+def test_identifier_with_a_control_character_is_refused(field: str, value: str) -> None:
+    assert refused_fields(goal(**{field: value})) == [f"$.{field}"]
+
+
+# validate_batch
+
+
+async def test_a_batch_is_validated_in_order_with_invalid_items_keeping_their_reasons() -> None:
+    items = decode_batch(encode([goal(), goal(eventType="dance"), without("eventId")]))
+
+    results = await validate_batch(items, NOW)
+
+    assert isinstance(results[0], ValidEvent)
+    assert isinstance(results[2], ValidEvent)
+    assert results[0] == decode(goal())
+    assert isinstance(results[1], list)
+    assert [error.field for error in results[1]] == ["$[1].eventType"]
+
+
+async def test_a_large_batch_is_validated_in_slices_that_let_other_requests_run() -> None:
+    body = encode([goal(metadata={"numbers": list(range(1_000))}) for _ in range(100)])
+    items = decode_batch(body)
+    turns = 0
+    validating = True
+
+    async def another_request() -> None:
+        nonlocal turns
+        while validating:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(another_request())
+    await asyncio.sleep(0)  # it runs once before validation starts
+    results = await validate_batch(items, NOW)
+    validating = False
+    await other
+
+    assert all(isinstance(result, ValidEvent) for result in results)
+    # ~500 KB in slices of about SLICE_BYTES: it ran between them (in one go it would run once)
+    assert turns >= len(body) // (2 * SLICE_BYTES)
+
+
+def test_fingerprint_from_pre_encoded_metadata_is_the_fingerprint_of_the_payload() -> None:
+    """Validation splices the metadata it already encoded into the fingerprint; the hash must
+    be the one of the whole payload, or retries of events stored earlier would turn into 409s."""
+    metadata = {"z": [1, {"b": True, "a": None}], "a": {"y": 1.5, "x": "é"}}
+    raw = MatchEventIn(
+        match_id="alhilal-vs-alnassr",
+        event_type=EventType.GOAL,
+        timestamp=datetime(2025, 5, 10, 16, 42, 7, tzinfo=UTC),
+        team_id="al-hilal",
+        metadata=metadata,
+    )
+    spliced = payload_fingerprint(raw, raw.timestamp, msgspec.json.encode(metadata, order="sorted"))
+
+    assert spliced == payload_fingerprint(raw, raw.timestamp)
+    assert decode(goal(metadata=metadata, playerId=None)).fingerprint == spliced

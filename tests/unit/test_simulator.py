@@ -19,7 +19,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from fanfinity.schemas import convert_event
+from fanfinity.api.validation import convert_event
 from tests.conftest import PRODUCER_KEY
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "simulate_match.py"

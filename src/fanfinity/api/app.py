@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
 from typing import Any, Literal
 
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -24,21 +25,45 @@ from litestar.openapi.spec import Components, SecurityScheme
 from loguru import logger
 
 from fanfinity import __version__
-from fanfinity.api.controllers import EventController, HealthController, MatchController, Services
+from fanfinity.api.access import check_access
+from fanfinity.api.controllers import EventController, HealthController, MatchController
 from fanfinity.api.dashboard import dashboard_page, static_files
 from fanfinity.api.middleware import limit_header_size, request_context_middleware
 from fanfinity.api.problems import EXCEPTION_HANDLERS
-from fanfinity.api.ratelimit import TokenBucketLimiter
+from fanfinity.api.ratelimit import ProducerRateLimiter, TokenBucketLimiter
 from fanfinity.config import Settings
 from fanfinity.metrics import exposition
 from fanfinity.pipeline.aggregator import Aggregator
 from fanfinity.pipeline.ingest import IngestBatcher, IngestLatencyRecorder
 from fanfinity.pipeline.reads import MatchMetricsReader
 from fanfinity.pipeline.streams import StreamHub
-from fanfinity.storage.engine import open_engine
+from fanfinity.storage.engine import Engine, open_engine
 from fanfinity.tracing import Tracing, start_tracing
 
 Role = Literal["api", "aggregator"]
+
+
+@dataclass(slots=True)
+class Services:
+    """What the handlers need, built by the lifespan and kept in `app.state.services`.
+
+    Handlers read it from there rather than through `Provide` dependency injection, which costs
+    a resolution per request on the hot path."""
+
+    settings: Settings
+    engine: Engine
+    batcher: IngestBatcher
+    reader: MatchMetricsReader
+    aggregator: Aggregator | None
+    streams: StreamHub
+    limiter: ProducerRateLimiter | None = None
+    accepting: bool = True
+
+
+async def before_request(request: Request[Any, Any, Any]) -> None:
+    """The app-level hook every routed request passes: header size, then the route's access."""
+    await limit_header_size(request)
+    await check_access(request)
 
 
 @get("/metrics", include_in_schema=False, sync_to_thread=False)
@@ -84,7 +109,7 @@ def create_app(
         ],
         plugins=[] if tracing is None else [tracing.plugin],
         exception_handlers=EXCEPTION_HANDLERS,
-        before_request=limit_header_size,
+        before_request=before_request,
         lifespan=[lifespan],
         cors_config=(
             CORSConfig(
@@ -157,7 +182,10 @@ async def _run_services(
         aggregator=aggregator,
         streams=streams,
         limiter=(
-            TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+            ProducerRateLimiter(
+                TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+                by_api_key=bool(settings.api_keys),
+            )
             if settings.rate_limit_per_s > 0
             else None
         ),

@@ -1,74 +1,59 @@
-"""HTTP handlers: decode, hand over to the batcher or the reader, answer. Errors are raised."""
+"""HTTP handlers: read the body through `api.validation`, hand over, answer. Errors are raised.
+
+Who may call each route is declared on it (`route_access`) and checked by one app-level hook;
+the rate limiter charges writes; the batch fan-out lives next to the batcher
+(`pipeline.ingest.ingest_batch`); responses are mapped from documents in `pipeline.views`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
-from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, Parameter
 from litestar.response import Stream
 
-from fanfinity import metrics
-from fanfinity.api.access import require_producer_key, require_read_key
-from fanfinity.api.openapi import operation_with_json_body
+from fanfinity.api.access import Access, route_access
+from fanfinity.api.openapi import batch_body_schema, event_body_schema, operation_with_json_body
 from fanfinity.api.problems import Problem
-from fanfinity.api.ratelimit import TokenBucketLimiter
-from fanfinity.config import Settings
+from fanfinity.api.ratelimit import request_cost
+from fanfinity.api.validation import (
+    canonical_uuid,
+    is_identifier,
+    read_json_body,
+    validate_batch,
+)
 from fanfinity.errors import (
-    ClientDisconnected,
     DuplicateEventConflict,
     EventNotFound,
     MatchNotFound,
-    RateLimited,
     StoreUnavailable,
-    UnsupportedMediaType,
 )
-from fanfinity.pipeline.aggregator import Aggregator
-from fanfinity.pipeline.fold import (
-    STATUS_NAMES,
-    as_utc,
-    name_from_field_key,
-    optional_utc,
-    status_name,
-)
-from fanfinity.pipeline.ingest import IngestBatcher, WriteOutcome, event_document
-from fanfinity.pipeline.reads import MatchMetricsReader
-from fanfinity.pipeline.streams import StreamHub
+from fanfinity.pipeline.fold import STATUS_NAMES
+from fanfinity.pipeline.ingest import WriteOutcome, ingest_batch
+from fanfinity.pipeline.views import match_list, stored_event
 from fanfinity.schemas import (
     MAX_BATCH_BYTES,
     MAX_EVENT_BYTES,
-    BatchItemResult,
     BatchResult,
     EventAccepted,
-    FieldError,
     HealthStatus,
-    InvalidFields,
-    ItemOutcome,
-    MatchEventIn,
     MatchList,
-    MatchListItem,
     MatchMetrics,
     StoredEvent,
-    ValidEvent,
-    convert_event,
-    decode_batch,
-    decode_event,
-    is_identifier,
 )
-from fanfinity.storage.engine import Engine
+from fanfinity.storage.models import event_document
+
+if TYPE_CHECKING:
+    from fanfinity.api.app import Services
 
 JSON = MediaType.JSON
-PRODUCER_SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}]
-# Reads are open unless FANFINITY_READ_API_KEYS is set: the key is optional in the document.
-READER_SECURITY: list[dict[str, list[str]]] = [{}, {"apiKey": []}]
+# The match list's status filter: an enum in the document, and "live\n" is a 400, not a 500.
+StatusFilter = Literal["scheduled", "live", "ended"]
 EXAMPLE_EVENT = {
     "eventId": "3f0b8a52-6c1e-4d7e-9d0a-2b51f1f0c001",
     "matchId": "alhilal-vs-alnassr-2026-11-25",
@@ -80,18 +65,7 @@ EXAMPLE_EVENT = {
 }
 
 
-@dataclass(slots=True)
-class Services:
-    """What the handlers need, built by the lifespan and kept in `app.state.services`."""
-
-    settings: Settings
-    engine: Engine
-    batcher: IngestBatcher
-    reader: MatchMetricsReader
-    aggregator: Aggregator | None
-    streams: StreamHub
-    limiter: TokenBucketLimiter | None = None
-    accepting: bool = True
+EVENT_BODY_SCHEMA = event_body_schema()
 
 
 def services_of(request: Request[Any, Any, Any]) -> Services:
@@ -99,49 +73,16 @@ def services_of(request: Request[Any, Any, Any]) -> Services:
     return services
 
 
+def charge(request: Request[Any, Any, Any], services: Services, cost: int) -> dict[str, str]:
+    """The RateLimit-* headers after charging `cost` tokens (none when rate limits are off)."""
+    return {} if services.limiter is None else services.limiter.charge(request, cost)
+
+
 def readable_match(request: Request[Any, Any, Any], match_id: str) -> Services:
-    """The read-key check and match-id check every per-match read starts with."""
-    services = services_of(request)
-    require_read_key(request, services.settings)
+    """The match-id check every per-match read starts with (the read key is checked before)."""
     if not is_identifier(match_id):
         raise MatchNotFound(f"{match_id!r} is not a valid match id")
-    return services
-
-
-def check_rate(request: Request[Any, Any, Any], services: Services, cost: int) -> dict[str, str]:
-    """Charge `cost` events to the caller's bucket; raises `RateLimited`, else returns headers."""
-    if services.limiter is None:
-        return {}
-    # Producers are keyed by their (already verified) API key; with auth off, by address.
-    key = request.headers.get("x-api-key") if services.settings.api_keys else None
-    key = key or (request.client.host if request.client else "-")
-    decision = services.limiter.take(key, cost)
-    if not decision.allowed:
-        metrics.INGEST_REJECTED.labels("rate_limited").inc(cost)
-        raise RateLimited(
-            f"this API key may send {decision.limit} events at once and is refilled continuously; "
-            f"retry in {decision.retry_after_s}s",
-            decision.headers(),
-            decision.retry_after_s,
-        )
-    return decision.headers()
-
-
-def require_json(request: Request[Any, Any, Any]) -> None:
-    content_type = request.headers.get("content-type", "")
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"send the body as application/json, not {media_type or 'no content type'}"
-        )
-
-
-async def read_body(request: Request[Any, Any, Any]) -> bytes:
-    """The raw body; a client that hangs up mid-body is its own (4xx) outcome, not a 500."""
-    try:
-        return await request.body()
-    except InternalServerException as exc:
-        raise ClientDisconnected(str(exc.detail)) from None
+    return services_of(request)
 
 
 def _problem(title: str) -> ResponseSpec:
@@ -169,9 +110,9 @@ class EventController(Controller):
         "/",
         status_code=202,
         request_max_body_size=MAX_EVENT_BYTES,
-        security=PRODUCER_SECURITY,
+        **route_access(Access.PRODUCER),
         operation_class=operation_with_json_body(
-            MatchEventIn, EXAMPLE_EVENT, "One match event (at most 32 KiB)."
+            EVENT_BODY_SCHEMA, EXAMPLE_EVENT, "One match event (at most 32 KiB)."
         ),
         summary="Ingest one match event",
         description=(
@@ -188,11 +129,10 @@ class EventController(Controller):
     async def create_event(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         received = time.perf_counter()
         services = services_of(request)
-        require_producer_key(request, services.settings)
-        rate_headers = check_rate(request, services, 1)
-        require_json(request)
+        body = await read_json_body(request)
+        rate_headers = charge(request, services, request_cost(1, body.size))
         now = datetime.now(UTC)
-        event = decode_event(await read_body(request), now)
+        event = body.event(now)
         outcome = await services.batcher.submit(event_document(event, now), received)
         if outcome is WriteOutcome.CONFLICT:
             raise DuplicateEventConflict(event.event_id)
@@ -212,9 +152,11 @@ class EventController(Controller):
         "/batch",
         status_code=200,
         request_max_body_size=MAX_BATCH_BYTES,
-        security=PRODUCER_SECURITY,
+        **route_access(Access.PRODUCER),
         operation_class=operation_with_json_body(
-            list[MatchEventIn], [EXAMPLE_EVENT], "1 to 500 events (at most 512 KiB)."
+            batch_body_schema(EVENT_BODY_SCHEMA),
+            [EXAMPLE_EVENT],
+            "1 to 500 events (at most 512 KiB).",
         ),
         summary="Ingest up to 500 events, each validated and stored on its own",
         description=(
@@ -228,94 +170,37 @@ class EventController(Controller):
     async def create_batch(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         received = time.perf_counter()
         services = services_of(request)
-        require_producer_key(request, services.settings)
-        require_json(request)
+        body = await read_json_body(request)
+        items = body.batch_items()
+        rate_headers = charge(request, services, request_cost(len(items), body.size))
         now = datetime.now(UTC)
-        items = decode_batch(await read_body(request))
-        rate_headers = check_rate(request, services, len(items))
-        results: list[BatchItemResult | None] = [None] * len(items)
-        waiting: list[tuple[int, ValidEvent, asyncio.Future[WriteOutcome]]] = []
-        unavailable: StoreUnavailable | None = None
-        for index, item in enumerate(items):
-            try:
-                event = convert_event(item, now, f"$[{index}]")
-            except InvalidFields as exc:
-                results[index] = BatchItemResult(index, ItemOutcome.INVALID, errors=exc.errors)
-                continue
-            try:
-                future = services.batcher.submit_nowait(event_document(event, now), received)
-            except StoreUnavailable as exc:
-                unavailable = exc
-                results[index] = BatchItemResult(index, ItemOutcome.UNAVAILABLE, event.event_id)
-                continue
-            waiting.append((index, event, future))
-        outcomes = await asyncio.gather(
-            *(future for _, _, future in waiting), return_exceptions=True
+        batch = await ingest_batch(
+            services.batcher, await validate_batch(items, now), now, received
         )
-        for (index, event, _), outcome in zip(waiting, outcomes, strict=True):
-            if isinstance(outcome, StoreUnavailable):
-                unavailable = outcome
-            results[index] = BatchItemResult(index, _item_outcome(outcome), event.event_id)
-        final = [result for result in results if result is not None]
-        stored = [r for r in final if r.status in (ItemOutcome.ACCEPTED, ItemOutcome.DUPLICATE)]
-        if unavailable is not None and not stored:
-            raise StoreUnavailable("no event of the batch could be stored; retry the batch", 1)
-        body = BatchResult(
-            accepted=sum(1 for r in final if r.status is ItemOutcome.ACCEPTED),
-            duplicates=sum(1 for r in final if r.status is ItemOutcome.DUPLICATE),
-            rejected=len(final) - len(stored),
-            items=final,
-        )
-        headers = {**rate_headers, "Retry-After": "1"} if unavailable is not None else rate_headers
+        headers = {**rate_headers, "Retry-After": "1"} if batch.retry_later else rate_headers
         return Response(
-            content=msgspec.json.encode(body), status_code=200, media_type=JSON, headers=headers
+            content=msgspec.json.encode(batch.result),
+            status_code=200,
+            media_type=JSON,
+            headers=headers,
         )
 
     @get(
         "/{event_id:str}",
         summary="Read one stored event",
-        security=READER_SECURITY,
-        responses={400: _problem("Invalid path"), 404: _problem("No such event")},
+        **route_access(Access.READ),
+        responses={404: _problem("No such event (or not a UUID)")},
     )
     async def get_event(
         self, request: Request[Any, Any, Any], event_id: FromPath[str]
     ) -> StoredEvent:
-        services = services_of(request)
-        require_read_key(request, services.settings)
-        if not _is_uuid(event_id):
+        event_key = canonical_uuid(event_id)
+        if event_key is None:
             raise EventNotFound(f"no event with id {event_id!r} (event ids are UUIDs)")
-        document = await services.engine.events.get(str(uuid.UUID(event_id)))
+        document = await services_of(request).engine.events.get(event_key)
         if document is None:
             raise EventNotFound(f"no event with id {event_id!r}")
-        return StoredEvent(
-            event_id=document["_id"],
-            match_id=document["matchId"],
-            event_type=document["eventType"],
-            timestamp=as_utc(document["timestamp"]),
-            team_id=document["teamId"],
-            received_at=as_utc(document["receivedAt"]),
-            player_id=document.get("playerId"),
-            metadata=document.get("metadata"),
-        )
-
-
-def _item_outcome(outcome: WriteOutcome | BaseException) -> ItemOutcome:
-    if isinstance(outcome, BaseException):
-        return ItemOutcome.UNAVAILABLE
-    return {
-        WriteOutcome.ACCEPTED: ItemOutcome.ACCEPTED,
-        WriteOutcome.DUPLICATE: ItemOutcome.DUPLICATE,
-        WriteOutcome.CONFLICT: ItemOutcome.CONFLICT,
-        WriteOutcome.FAILED: ItemOutcome.UNAVAILABLE,
-    }[outcome]
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+        return stored_event(document)
 
 
 class MatchController(Controller):
@@ -325,7 +210,7 @@ class MatchController(Controller):
     @get(
         "/{match_id:str}/metrics",
         summary="Engagement metrics of one match",
-        security=READER_SECURITY,
+        **route_access(Access.READ),
         description=(
             "Served from the match's summary document through a per-replica cache of "
             "FANFINITY_METRICS_CACHE_MS; `asOf` says when the summary last changed, `generatedAt` "
@@ -334,8 +219,7 @@ class MatchController(Controller):
         ),
         responses={
             200: ResponseSpec(data_container=MatchMetrics),
-            400: _problem("Invalid path"),
-            404: _problem("No events counted for this match"),
+            404: _problem("No events counted for this match (or not a valid match id)"),
         },
     )
     async def get_metrics(
@@ -348,7 +232,7 @@ class MatchController(Controller):
     @get(
         "/{match_id:str}/metrics/stream",
         summary="Live metrics of one match as Server-Sent Events",
-        security=READER_SECURITY,
+        **route_access(Access.READ),
         description=(
             "Sends the current metrics at once (event `metrics`, same body as the metrics "
             "endpoint), then a new `metrics` event whenever they change, at most every "
@@ -379,36 +263,21 @@ class MatchController(Controller):
     @get(
         "/",
         summary="List matches, most recently updated first",
-        security=READER_SECURITY,
+        **route_access(Access.READ),
         responses={400: _problem("Invalid query parameter (status, limit, offset)")},
     )
     async def list_matches(
         self,
         request: Request[Any, Any, Any],
         status: Annotated[
-            str | None,
-            Parameter(description="scheduled, live or ended", pattern="^(scheduled|live|ended)$"),
+            StatusFilter | None, Parameter(description="Only matches in this state")
         ] = None,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
         offset: Annotated[int, Parameter(ge=0, le=100_000)] = 0,
     ) -> MatchList:
-        services = services_of(request)
-        require_read_key(request, services.settings)
         rank = STATUS_NAMES.index(status) if status else None
-        summaries, total = await services.engine.summaries.list(rank, limit, offset)
-        items = [
-            MatchListItem(
-                match_id=summary["_id"],
-                status=status_name(int(summary.get("statusRank", 0))),
-                total_events=int(summary.get("total", 0)),
-                teams=sorted(name_from_field_key(key) for key in summary.get("byTeam") or {}),
-                first_event_at=optional_utc(summary.get("firstEventAt")),
-                last_event_at=optional_utc(summary.get("lastEventAt")),
-                as_of=optional_utc(summary.get("updatedAt")),
-            )
-            for summary in summaries
-        ]
-        return MatchList(items=items, total=total, limit=limit, offset=offset)
+        summaries, total = await services_of(request).engine.summaries.list(rank, limit, offset)
+        return match_list(summaries, total, limit, offset)
 
 
 class HealthController(Controller):
@@ -445,4 +314,4 @@ class HealthController(Controller):
         )
 
 
-__all__ = ["EventController", "FieldError", "HealthController", "MatchController", "Services"]
+__all__ = ["EventController", "HealthController", "MatchController"]

@@ -14,8 +14,9 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from loguru import logger
 
+from fanfinity.api.validation import InvalidFields, MalformedBody
 from fanfinity.errors import PROBLEM_TYPE_PREFIX, ServiceError
-from fanfinity.schemas import FieldError, InvalidFields, MalformedBody
+from fanfinity.schemas import FieldError
 
 PROBLEM_JSON = "application/problem+json"
 

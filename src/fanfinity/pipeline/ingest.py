@@ -24,7 +24,8 @@ from opentelemetry.trace import SpanContext, Tracer
 from fanfinity import metrics
 from fanfinity.errors import IngestOverloaded, ShuttingDown, StoreUnavailable
 from fanfinity.pipeline.fold import latency_bucket
-from fanfinity.schemas import ValidEvent
+from fanfinity.schemas import BatchItemResult, BatchResult, FieldError, ItemOutcome, ValidEvent
+from fanfinity.storage.models import event_document
 from fanfinity.storage.repositories import EventRepository, InsertReport, SummaryRepository
 from fanfinity.tracing import current_span_context, flush_span, record_failure
 
@@ -34,24 +35,6 @@ class WriteOutcome(enum.StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     FAILED = "failed"
-
-
-def event_document(event: ValidEvent, received_at: datetime) -> dict[str, Any]:
-    """The stored form of an event: ``_id`` is the eventId, the fingerprint settles retries."""
-    document: dict[str, Any] = {
-        "_id": event.event_id,
-        "matchId": event.match_id,
-        "eventType": str(event.event_type),
-        "timestamp": event.timestamp,
-        "teamId": event.team_id,
-        "receivedAt": received_at,
-        "fingerprint": event.fingerprint,
-    }
-    if event.player_id is not None:
-        document["playerId"] = event.player_id
-    if event.metadata is not None:
-        document["metadata"] = event.metadata
-    return document
 
 
 def resolve_outcomes(
@@ -308,3 +291,66 @@ def _fail(future: asyncio.Future[WriteOutcome], event_id: str) -> None:
                 event_id,
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchIngest:
+    """What became of a batch: one result per item, and whether some items should be retried."""
+
+    result: BatchResult
+    retry_later: bool
+
+
+async def ingest_batch(
+    batcher: IngestBatcher,
+    items: Sequence[ValidEvent | list[FieldError]],
+    now: datetime,
+    received: float,
+) -> BatchIngest:
+    """Queue every valid item of a batch at once, wait for all their writes, and say what became
+    of each, in order. Raises `StoreUnavailable` when no item at all could be stored."""
+    results: list[BatchItemResult | None] = [None] * len(items)
+    waiting: list[tuple[int, str, asyncio.Future[WriteOutcome]]] = []
+    unavailable = False
+    for index, item in enumerate(items):
+        if not isinstance(item, ValidEvent):
+            results[index] = BatchItemResult(index, ItemOutcome.INVALID, errors=item)
+            continue
+        try:
+            future = batcher.submit_nowait(event_document(item, now), received)
+        except StoreUnavailable:
+            unavailable = True
+            results[index] = BatchItemResult(index, ItemOutcome.UNAVAILABLE, item.event_id)
+            continue
+        waiting.append((index, item.event_id, future))
+    outcomes = await asyncio.gather(*(future for _, _, future in waiting), return_exceptions=True)
+    for (index, event_id, _), outcome in zip(waiting, outcomes, strict=True):
+        unavailable |= isinstance(outcome, StoreUnavailable)
+        results[index] = BatchItemResult(index, _item_outcome(outcome), event_id)
+    final = [result for result in results if result is not None]
+    stored = [r for r in final if r.status in (ItemOutcome.ACCEPTED, ItemOutcome.DUPLICATE)]
+    if unavailable and not stored:
+        raise StoreUnavailable("no event of the batch could be stored; retry the batch", 1)
+    return BatchIngest(
+        BatchResult(
+            accepted=sum(1 for r in final if r.status is ItemOutcome.ACCEPTED),
+            duplicates=sum(1 for r in final if r.status is ItemOutcome.DUPLICATE),
+            rejected=len(final) - len(stored),
+            items=final,
+        ),
+        retry_later=unavailable,
+    )
+
+
+def _item_outcome(outcome: WriteOutcome | BaseException) -> ItemOutcome:
+    if isinstance(outcome, BaseException):
+        return ItemOutcome.UNAVAILABLE
+    return _ITEM_OUTCOMES[outcome]
+
+
+_ITEM_OUTCOMES = {
+    WriteOutcome.ACCEPTED: ItemOutcome.ACCEPTED,
+    WriteOutcome.DUPLICATE: ItemOutcome.DUPLICATE,
+    WriteOutcome.CONFLICT: ItemOutcome.CONFLICT,
+    WriteOutcome.FAILED: ItemOutcome.UNAVAILABLE,
+}

@@ -3,7 +3,9 @@
 `init_beanie` creates the indexes (and, on MongoDB, the time-series collection) once at start-up.
 The hot paths write through the raw Motor collections instead (one unordered ``insert_many`` per
 batch, one ``$inc`` per match): per-document ODM validation there would cost more than the
-request itself, and Beanie's bulk writer cannot do unordered bulks.
+request itself, and Beanie's bulk writer cannot do unordered bulks. What those raw writes store
+is built here, next to the model it must match (`event_document` and `Event`; a unit test checks
+that their fields agree).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, ClassVar
 from beanie import Document, Granularity, TimeSeriesConfig
 from pydantic import Field
 from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from fanfinity.schemas import ValidEvent
 
 EVENTS = "events"
 MATCH_SUMMARIES = "match_summaries"
@@ -41,6 +45,25 @@ class Event(Document):
             IndexModel([("matchId", ASCENDING), ("eventType", ASCENDING)], name="match_type"),
             IndexModel([("receivedAt", ASCENDING)], name="received_at"),
         ]
+
+
+def event_document(event: ValidEvent, received_at: datetime) -> dict[str, Any]:
+    """The stored form of an `Event`: ``_id`` is the eventId, the fingerprint settles retries;
+    optional fields are left out rather than stored as null."""
+    document: dict[str, Any] = {
+        "_id": event.event_id,
+        "matchId": event.match_id,
+        "eventType": str(event.event_type),
+        "timestamp": event.timestamp,
+        "teamId": event.team_id,
+        "receivedAt": received_at,
+        "fingerprint": event.fingerprint,
+    }
+    if event.player_id is not None:
+        document["playerId"] = event.player_id
+    if event.metadata is not None:
+        document["metadata"] = event.metadata
+    return document
 
 
 class MatchSummary(Document):
