@@ -171,7 +171,7 @@ async def _run_services(
     aggregator_task = (
         asyncio.create_task(aggregator.run(), name="aggregator") if aggregator else None
     )
-    logger.info("fanfinity {} ready on the {} engine", __version__, engine.name)
+    logger.info("fanfinity {} started on the {} engine", __version__, engine.name)
     try:
         yield services
     finally:
