@@ -362,6 +362,13 @@ for eco in ("github-actions", "docker", "docker-compose", "uv"):
     elif ecosystems[eco].get("directory") != "/":
         err(f"dependabot: {eco} must scan the repository root")
 
+def pyproject_license_files() -> list[str]:
+    import tomllib
+
+    project = tomllib.loads(pathlib.Path("pyproject.toml").read_text()).get("project", {})
+    return list(project.get("license-files", []))
+
+
 # ---- Dockerfile pins
 dockerfile = pathlib.Path("Dockerfile").read_text()
 froms = re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)
@@ -376,6 +383,11 @@ for needle in ("USER 10001:10001", "EXPOSE 8000", "HEALTHCHECK", 'ENTRYPOINT ["/
                "--no-editable", "--no-install-project", "org.opencontainers.image.licenses=\"MIT\""):
     if needle not in dockerfile:
         err(f"Dockerfile: missing {needle}")
+# The wheel (and so the image) carries LICENSE only if the build stage has the file.
+if not re.search(r"^COPY [^\n]*\bLICENSE\b", dockerfile, re.M):
+    err("Dockerfile: LICENSE is not copied into the build stage (the wheel would ship without it)")
+if "LICENSE" not in pyproject_license_files():
+    err("pyproject.toml: [project] license-files must list LICENSE")
 
 # ---- workflows: least privilege and pinned actions on their Node 24 majors
 # The first major of each action that runs on Node 24 (GitHub-hosted runners no longer run
