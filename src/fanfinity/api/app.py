@@ -19,11 +19,11 @@ from litestar import Litestar, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from loguru import logger
 
 from fanfinity import __version__
+from fanfinity.api import docs_ui
 from fanfinity.api.controllers import EventController, HealthController, MatchController, Services
 from fanfinity.api.dashboard import dashboard_page, static_files
 from fanfinity.api.middleware import limit_header_size, request_context_middleware
@@ -104,8 +104,9 @@ def create_app(
                 "Durable, idempotent match-event ingest and real-time per-match engagement "
                 "metrics. Errors are RFC 9457 application/problem+json."
             ),
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            path=docs_ui.SCHEMA_PATH,
+            openapi_router=docs_ui.schema_router(),
+            render_plugins=[docs_ui.swagger_ui()],
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(
