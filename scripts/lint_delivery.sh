@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks for the delivery files: Dockerfile, docker-compose.yml, .env.example,
-# GitHub workflows, Kubernetes manifests (kustomize), Prometheus and Grafana provisioning.
+# GitHub workflows and Dependabot, Kubernetes manifests (kustomize), Prometheus and Grafana.
 #
 #   bash scripts/lint_delivery.sh
 #
@@ -132,7 +132,7 @@ run_check() {
 # ------------------------------------------------------------------------------ checks
 YAML_FILES=()
 while IFS= read -r -d '' f; do YAML_FILES+=("$f"); done < <(
-  find docker-compose.yml .github/workflows deploy -type f \( -name '*.yml' -o -name '*.yaml' \) -print0 | sort -z
+  find docker-compose.yml .github/dependabot.yml .github/workflows deploy -type f \( -name '*.yml' -o -name '*.yaml' \) -print0 | sort -z
 )
 WORKFLOWS=(.github/workflows/*.yml)
 
@@ -159,6 +159,10 @@ check_compose_schema() {
 
 check_workflow_schema() {
   "$TOOLS/bin/check-jsonschema" --builtin-schema vendor.github-workflows "${WORKFLOWS[@]}"
+}
+
+check_dependabot_schema() {
+  "$TOOLS/bin/check-jsonschema" --builtin-schema vendor.dependabot .github/dependabot.yml
 }
 
 check_actionlint() {
@@ -235,31 +239,32 @@ def err(msg: str) -> None:
     errors.append(msg)
 
 
-SETTINGS = {
-    "FANFINITY_ENV": "development", "FANFINITY_MONGODB_URL": "memory://",
-    "FANFINITY_DB_NAME": "fanfinity", "FANFINITY_HOST": "127.0.0.1", "FANFINITY_PORT": "8000",
-    "FANFINITY_WORKERS": "1", "FANFINITY_API_KEYS": "", "FANFINITY_READ_API_KEYS": "",
-    "FANFINITY_LOG_LEVEL": "INFO", "FANFINITY_LOG_JSON": "false",
-    "FANFINITY_BATCH_MAX_SIZE": "500", "FANFINITY_BATCH_LINGER_MS": "2",
-    "FANFINITY_INGEST_QUEUE_MAX": "20000", "FANFINITY_STORE_TIMEOUT_S": "2.0",
-    "FANFINITY_AGGREGATOR": "true", "FANFINITY_AGGREGATOR_BATCH_SIZE": "1000",
-    "FANFINITY_AGGREGATOR_STALL_S": "30", "FANFINITY_METRICS_CACHE_MS": "250",
-    "FANFINITY_ACTIVE_WINDOW_MIN": "10", "FANFINITY_SHUTDOWN_GRACE_S": "10",
-    "FANFINITY_CORS_ORIGINS": "", "FANFINITY_RATE_LIMIT_PER_S": "20000",
-    "FANFINITY_RATE_LIMIT_BURST": "40000", "FANFINITY_STREAM_INTERVAL_MS": "500",
-    "FANFINITY_STREAM_MAX_SUBSCRIBERS": "20000",
-}
-OVERRIDDEN = {"FANFINITY_API_KEYS": "local-dev-producer-key"}
-METRICS = {
-    "fanfinity_requests_total": "counter", "fanfinity_request_duration_seconds": "histogram",
-    "fanfinity_requests_in_progress": "gauge", "fanfinity_events_ingested_total": "counter",
-    "fanfinity_events_duplicate_total": "counter", "fanfinity_ingest_batch_size": "histogram",
-    "fanfinity_ingest_rejected_total": "counter", "fanfinity_events_processed_total": "counter",
-    "fanfinity_matches_active": "gauge", "fanfinity_aggregator_lag_seconds": "gauge",
-    "fanfinity_aggregator_batch_size": "histogram",
-    # Exported by the app beyond the contract list (src/fanfinity/metrics.py).
-    "fanfinity_ingest_queue_depth": "gauge",
-}
+# The settings contract comes from the code itself (src/fanfinity/config.py imports only the
+# standard library), so a setting added there is known here without editing this script.
+sys.path.insert(0, "src")
+from fanfinity import config as app_config
+
+CONFIG_SOURCE = pathlib.Path("src/fanfinity/config.py").read_text()
+SETTINGS = set(re.findall(r'"(FANFINITY_[A-Z0-9_]+)"', CONFIG_SOURCE))
+OVERRIDDEN = {"FANFINITY_API_KEYS": app_config.LOCAL_DEVELOPMENT_KEY}
+DEFAULTS = app_config.Settings()
+SHUTDOWN_GRACE_S = DEFAULTS.shutdown_grace_s
+
+
+def is_default(key: str, value: str) -> bool:
+    """True when `value` parses to the same Settings as the default (or the documented override)."""
+    expected = app_config.Settings.from_env({key: OVERRIDDEN[key]}) if key in OVERRIDDEN else DEFAULTS
+    try:
+        return app_config.Settings.from_env({key: value}) == expected
+    except app_config.SettingsError:
+        return False
+
+
+# Metric names from the code (every Counter/Gauge/Histogram the service defines).
+METRICS: dict[str, str] = {}
+for source in pathlib.Path("src/fanfinity").rglob("*.py"):
+    for kind, name in re.findall(r'\b(Counter|Gauge|Histogram)\(\s*"(fanfinity_[a-z0-9_]+)"', source.read_text()):
+        METRICS[name] = kind.lower()
 
 # ---- .env.example: every setting once, with its default and a comment line above it.
 lines = pathlib.Path(".env.example").read_text().splitlines()
@@ -274,14 +279,16 @@ for i, line in enumerate(lines):
     seen[key] = value
     if key not in SETTINGS:
         err(f".env.example: unknown setting {key}")
-    elif value != OVERRIDDEN.get(key, SETTINGS[key]):
-        err(f".env.example: {key}={value!r}, expected {OVERRIDDEN.get(key, SETTINGS[key])!r}")
+    elif not is_default(key, value):
+        err(f".env.example: {key}={value!r} is not the default of src/fanfinity/config.py")
     if i == 0 or not lines[i - 1].startswith("#"):
         err(f".env.example: {key} has no comment line above it")
-for key in SETTINGS.keys() - seen.keys():
+for key in SETTINGS - seen.keys():
     err(f".env.example: {key} missing")
 if not any(re.fullmatch(r"#\s*OTEL_EXPORTER_OTLP_ENDPOINT=\S+", ln) for ln in lines):
     err(".env.example: commented OTEL_EXPORTER_OTLP_ENDPOINT line missing")
+if not any(re.fullmatch(r"#\s*GRAFANA_ADMIN_PASSWORD=.*", ln) for ln in lines):
+    err(".env.example: GRAFANA_ADMIN_PASSWORD (read by compose for Grafana) is not documented")
 
 # ---- docker-compose.yml
 compose = yaml.safe_load(pathlib.Path("docker-compose.yml").read_text())
@@ -305,7 +312,7 @@ for name in ("api", "aggregator"):
     if "healthcheck" not in svc:
         err(f"compose: {name} has no healthcheck")
     grace = re.fullmatch(r"(\d+)s", str(svc.get("stop_grace_period", "")))
-    if not grace or int(grace.group(1)) <= int(SETTINGS["FANFINITY_SHUTDOWN_GRACE_S"]):
+    if not grace or int(grace.group(1)) <= SHUTDOWN_GRACE_S:
         err(f"compose: {name} stop_grace_period must exceed FANFINITY_SHUTDOWN_GRACE_S")
     if not svc.get("deploy", {}).get("resources", {}).get("limits"):
         err(f"compose: {name} has no deploy.resources.limits")
@@ -328,6 +335,40 @@ for ref in re.findall(r"\./(deploy/[^:\s]+)", pathlib.Path("docker-compose.yml")
     if not pathlib.Path(ref).exists():
         err(f"compose: mounted path {ref} does not exist")
 
+# Only the API is published on every interface; the UIs and MongoDB on loopback only.
+for name, svc in services.items():
+    if name == "api":
+        continue
+    for port in svc.get("ports") or []:
+        if not str(port).startswith("127.0.0.1:"):
+            err(f"compose: {name} publishes {port} on every interface; bind it to 127.0.0.1")
+grafana_env = services.get("grafana", {}).get("environment", {})
+if not str(grafana_env.get("GF_SECURITY_ADMIN_PASSWORD", "")).startswith("${GRAFANA_ADMIN_PASSWORD"):
+    err("compose: grafana must take its admin password from GRAFANA_ADMIN_PASSWORD (.env)")
+# start_interval needs Docker Engine 25+, env_file `required:` Compose 2.24+: the README says so.
+readme = pathlib.Path("README.md").read_text()
+compose_text = pathlib.Path("docker-compose.yml").read_text()
+if "start_interval" in compose_text and "Docker Engine 25" not in readme:
+    err("README.md: compose uses healthcheck start_interval; state that it needs Docker Engine 25+")
+if "required: false" in compose_text and "Compose 2.24" not in readme:
+    err("README.md: compose uses env_file `required: false`; state that it needs Compose 2.24+")
+
+# ---- Dependabot keeps every pin current
+dependabot = yaml.safe_load(pathlib.Path(".github/dependabot.yml").read_text())
+ecosystems = {u.get("package-ecosystem"): u for u in dependabot.get("updates", [])}
+for eco in ("github-actions", "docker", "docker-compose", "uv"):
+    if eco not in ecosystems:
+        err(f"dependabot: no update entry for {eco}")
+    elif ecosystems[eco].get("directory") != "/":
+        err(f"dependabot: {eco} must scan the repository root")
+
+def pyproject_license_files() -> list[str]:
+    import tomllib
+
+    project = tomllib.loads(pathlib.Path("pyproject.toml").read_text()).get("project", {})
+    return list(project.get("license-files", []))
+
+
 # ---- Dockerfile pins
 dockerfile = pathlib.Path("Dockerfile").read_text()
 froms = re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)
@@ -342,8 +383,20 @@ for needle in ("USER 10001:10001", "EXPOSE 8000", "HEALTHCHECK", 'ENTRYPOINT ["/
                "--no-editable", "--no-install-project", "org.opencontainers.image.licenses=\"MIT\""):
     if needle not in dockerfile:
         err(f"Dockerfile: missing {needle}")
+# The wheel (and so the image) carries LICENSE only if the build stage has the file.
+if not re.search(r"^COPY [^\n]*\bLICENSE\b", dockerfile, re.M):
+    err("Dockerfile: LICENSE is not copied into the build stage (the wheel would ship without it)")
+if "LICENSE" not in pyproject_license_files():
+    err("pyproject.toml: [project] license-files must list LICENSE")
 
-# ---- workflows: least privilege and pinned actions
+# ---- workflows: least privilege and pinned actions on their Node 24 majors
+# The first major of each action that runs on Node 24 (GitHub-hosted runners no longer run
+# Node 20 actions). Composite and Docker actions (trivy-action) have no Node runtime.
+NODE24_MAJORS = {
+    "actions/checkout": 5, "actions/upload-artifact": 6, "actions/setup-python": 6,
+    "astral-sh/setup-uv": 7, "docker/setup-buildx-action": 4, "docker/build-push-action": 7,
+    "docker/login-action": 4, "docker/metadata-action": 6, "docker/setup-qemu-action": 4,
+}
 for wf_path in sorted(pathlib.Path(".github/workflows").glob("*.y*ml")):
     text = wf_path.read_text()
     wf = yaml.safe_load(text)
@@ -357,10 +410,26 @@ for wf_path in sorted(pathlib.Path(".github/workflows").glob("*.y*ml")):
             continue
         if not re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref) or not re.search(r"#\s*v\d", rest):
             err(f"{wf_path}: action not pinned to a full SHA with a version comment: {ref}")
+        action = ref.split("@")[0]
+        major = re.search(r"#\s*v(\d+)", rest)
+        if action in NODE24_MAJORS and major and int(major.group(1)) < NODE24_MAJORS[action]:
+            err(f"{wf_path}: {action} v{major.group(1)} runs on Node 20, which GitHub's runners no "
+                f"longer provide; use v{NODE24_MAJORS[action]}+")
     for job_name, job in (wf.get("jobs") or {}).items():
         perms = job.get("permissions") or {}
         if perms.get("packages") == "write" and job_name != "docker":
             err(f"{wf_path}: only the docker job may have packages: write ({job_name})")
+        for step in job.get("steps") or []:
+            if not str(step.get("uses", "")).startswith("docker/metadata-action@"):
+                continue
+            for tag in str((step.get("with") or {}).get("tags", "")).splitlines():
+                tag = tag.strip()
+                # metadata-action turns a type=raw tag on for every event unless enable= says
+                # otherwise: a version pushed that way is overwritten by every push to main.
+                if tag.startswith("type=raw") and "enable=" not in tag:
+                    err(f"{wf_path}: {job_name}: `{tag}` has no enable= condition (pushed on every event)")
+                if tag.startswith("type=raw") and "latest" not in tag and re.search(r"value=[^,]*version", tag):
+                    err(f"{wf_path}: {job_name}: the version tag must come from type=semver on v* tags only")
 
 # ---- Prometheus and Grafana
 prom = yaml.safe_load(pathlib.Path("deploy/observability/prometheus.yml").read_text())
@@ -476,6 +545,26 @@ for overlay in ("base", "production"):
         if name == "fanfinity-aggregator":
             if spec.get("strategy", {}).get("type") != "Recreate" or spec.get("replicas") != 1:
                 err(f"kubernetes/{overlay}: aggregator must be 1 replica with strategy Recreate")
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        # Only tags CI writes once are deployable: x.y.z (a v* release), sha-<40 hex> (a main
+        # commit) or a digest. latest and x.y move, and with IfNotPresent nodes would diverge.
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            image = c["image"]
+            if not re.search(r"(:(\d+\.\d+\.\d+|sha-[0-9a-f]{40})|@sha256:[0-9a-f]{64})$", image):
+                err(f"kubernetes/{overlay}: {d['metadata']['name']} image {image} is not an immutable "
+                    "tag (x.y.z, sha-<40 hex> or @sha256:<digest>)")
+    # An images entry that matches no image is silently ignored by kustomize: the overlay's
+    # pin must be what actually renders.
+    kustomization = yaml.safe_load(pathlib.Path(
+        "deploy/base/kustomization.yaml" if overlay == "base" else f"deploy/overlays/{overlay}/kustomization.yaml"
+    ).read_text())
+    rendered = {c["image"] for d in docs if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]}
+    for entry in kustomization.get("images", []):
+        want = f"{entry.get('newName', entry['name'])}:{entry['newTag']}" if "newTag" in entry else None
+        if want and rendered != {want}:
+            err(f"kubernetes/{overlay}: images entry {entry['name']!r} renders {sorted(rendered)}, not {want}")
     if overlay == "production":
         for d in docs:
             if d["kind"] == "Deployment":
@@ -483,9 +572,6 @@ for overlay in ("base", "production"):
                 ref = env.get("FANFINITY_MONGODB_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
                 if ref.get("name") != "fanfinity-secrets":
                     err(f"kubernetes/production: {d['metadata']['name']} must take FANFINITY_MONGODB_URL from fanfinity-secrets")
-                image = d["spec"]["template"]["spec"]["containers"][0]["image"]
-                if not re.search(r":[\w.-]+$", image) or image.endswith(":latest"):
-                    err(f"kubernetes/production: image {image} must carry a release tag")
 
 # ---- the example Secret only holds placeholders
 secret = yaml.safe_load(pathlib.Path("deploy/base/secret.example.yaml").read_text())
@@ -521,13 +607,14 @@ run_check "hadolint Dockerfile" check_hadolint
 run_check "yamllint (compose, workflows, deploy/)" check_yamllint
 run_check "check-jsonschema compose-spec docker-compose.yml" check_compose_schema
 run_check "check-jsonschema github-workflows .github/workflows/*.yml" check_workflow_schema
+run_check "check-jsonschema dependabot .github/dependabot.yml" check_dependabot_schema
 run_check "actionlint .github/workflows/*.yml" check_actionlint
 run_check "shellcheck workflow run: blocks" check_workflow_shell
 run_check "kustomize build deploy/base + overlays/production" check_kustomize_build
 for v in "${K8S_VERSIONS[@]}"; do
   run_check "kubernetes-validate --strict (Kubernetes $v)" check_kubernetes_validate "$v"
 done
-run_check "contract checks (env, compose, images, actions, k8s, grafana)" check_contract
+run_check "contract checks (env, compose, images, actions, tags, k8s, grafana)" check_contract
 if docker compose version >/dev/null 2>&1; then
   run_check "docker compose config" check_docker_compose
 else

@@ -12,7 +12,6 @@ import gc
 import os
 import signal
 import sys
-import tempfile
 from types import FrameType
 from typing import Any, Literal
 
@@ -45,16 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_json)
     if args.command == "rebuild":
         return asyncio.run(_rebuild(settings, args.match_id))
-    _serve(settings, role="api" if args.command == "serve" else "aggregator")
-    return 0
+    return _serve(settings, role="api" if args.command == "serve" else "aggregator")
 
 
-def _serve(settings: Settings, role: Literal["api", "aggregator"]) -> None:
-    import uvicorn
+def _serve(settings: Settings, role: Literal["api", "aggregator"]) -> int:
+    """Serve until stopped; 0 after a clean stop, 3 when it could not start (any worker count)."""
+    from fanfinity.launcher import multiprocess_metrics_dir, run_uvicorn
 
     workers = settings.workers if role == "api" else 1
-    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fanfinity-metrics-")
     os.environ["FANFINITY_ROLE"] = role
     options: dict[str, Any] = {
         "host": settings.host,
@@ -73,7 +70,8 @@ def _serve(settings: Settings, role: Literal["api", "aggregator"]) -> None:
     # uvicorn re-raises the signal it shut down on once it is done; answer it with a clean exit
     # status, so that a graceful SIGTERM ends with 0 rather than 143.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run("fanfinity.__main__:app_factory", **options)
+    with multiprocess_metrics_dir(workers):
+        return run_uvicorn("fanfinity.__main__:app_factory", options, role=role)
 
 
 def _exit_cleanly(number: int, frame: FrameType | None) -> None:

@@ -20,11 +20,11 @@ from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from loguru import logger
 
 from fanfinity import __version__
+from fanfinity.api import docs_ui
 from fanfinity.api.access import check_access
 from fanfinity.api.controllers import EventController, HealthController, MatchController
 from fanfinity.api.dashboard import dashboard_page, static_files
@@ -129,8 +129,9 @@ def create_app(
                 "Durable, idempotent match-event ingest and real-time per-match engagement "
                 "metrics. Errors are RFC 9457 application/problem+json."
             ),
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            path=docs_ui.SCHEMA_PATH,
+            openapi_router=docs_ui.schema_router(),
+            render_plugins=[docs_ui.swagger_ui()],
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(
@@ -199,7 +200,7 @@ async def _run_services(
     aggregator_task = (
         asyncio.create_task(aggregator.run(), name="aggregator") if aggregator else None
     )
-    logger.info("fanfinity {} ready on the {} engine", __version__, engine.name)
+    logger.info("fanfinity {} started on the {} engine", __version__, engine.name)
     try:
         yield services
     finally:
