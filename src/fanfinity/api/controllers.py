@@ -18,9 +18,11 @@ from litestar.response import Stream
 
 from fanfinity import metrics
 from fanfinity.api.access import require_producer_key, require_read_key
+from fanfinity.api.match_list import cached_match_list
 from fanfinity.api.openapi import operation_with_json_body
 from fanfinity.api.problems import Problem
 from fanfinity.api.ratelimit import TokenBucketLimiter
+from fanfinity.api.throttle import client_address
 from fanfinity.config import Settings
 from fanfinity.errors import (
     ClientDisconnected,
@@ -362,6 +364,7 @@ class MatchController(Controller):
                 data_container=str, media_type="text/event-stream", description="SSE stream"
             ),
             404: _problem("No events counted for this match"),
+            429: _problem("This address holds its maximum number of streams (see Retry-After)"),
             503: _problem("This replica serves its maximum number of streams"),
         },
     )
@@ -369,7 +372,7 @@ class MatchController(Controller):
         self, request: Request[Any, Any, Any], match_id: FromPath[str]
     ) -> Stream:
         services = readable_match(request, match_id)
-        frames = await services.streams.open(match_id)
+        frames = await services.streams.open(match_id, client_address(request))
         return Stream(
             frames,
             media_type="text/event-stream",
@@ -380,7 +383,10 @@ class MatchController(Controller):
         "/",
         summary="List matches, most recently updated first",
         security=READER_SECURITY,
-        responses={400: _problem("Invalid query parameter (status, limit, offset)")},
+        responses={
+            400: _problem("Invalid query parameter (status, limit, offset)"),
+            429: _problem("Too many list requests from this address (see Retry-After)"),
+        },
     )
     async def list_matches(
         self,
@@ -395,7 +401,7 @@ class MatchController(Controller):
         services = services_of(request)
         require_read_key(request, services.settings)
         rank = STATUS_NAMES.index(status) if status else None
-        summaries, total = await services.engine.summaries.list(rank, limit, offset)
+        summaries, total = await cached_match_list(request, rank, limit, offset)
         items = [
             MatchListItem(
                 match_id=summary["_id"],
