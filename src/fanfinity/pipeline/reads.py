@@ -139,6 +139,10 @@ class MatchMetricsReader:
         self._cache.pop(match_id, None)
         self._misses.pop(match_id, None)
 
+    def forget_miss(self, match_id: str) -> None:
+        """The match has just been counted: a cached "not found" for it is wrong now."""
+        self._misses.pop(match_id, None)
+
     def _remember_miss(self, match_id: str) -> None:
         if self._ttl_s <= 0:
             return

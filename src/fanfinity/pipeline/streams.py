@@ -196,6 +196,7 @@ class StreamHub:
         """An in-process aggregator committed changes to these matches: refresh their streams
         now rather than at the next interval (a separate aggregator process leaves the poll)."""
         for match_id in match_ids:
+            self.reader.forget_miss(match_id)  # a new match is visible at once, not after a ttl
             channel = self.channels.get(match_id)
             if channel is not None:
                 self.reader.forget(match_id)
