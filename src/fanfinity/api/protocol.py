@@ -34,6 +34,9 @@ from fanfinity.api.middleware import MAX_HEADER_BYTES, SECURITY_HEADERS, new_req
 from fanfinity.config import Settings
 
 FILES_KEPT_FOR_THE_PROCESS = 1_000  # store connections, log files, the listener, epoll, imports
+# After a refusal, bytes still arriving are read and dropped for this long before the close:
+# closing a socket with unread input sends a reset, which makes the client lose the answer.
+LINGER_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_pending = False
         self._write_timer: asyncio.TimerHandle | None = None
+        self._refused = False
 
     @classmethod
     def configure(cls, limits: ConnectionLimits) -> None:
@@ -128,7 +132,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         metrics.CONNECTIONS_OPEN.inc()
         if full and not self._evict_longest_waiting():
-            self._refuse(FULL, "refused_full", retry_after_s=1)
+            self._refuse(FULL, "refused_full", retry_after_s=1, linger=False)
             return
         self._wait_for_head()
 
@@ -188,6 +192,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # Bytes in
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: drop what still arrives
         if not self._reading_head:
             super().data_received(data)
         else:
@@ -257,7 +263,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(HEAD_TIMEOUT, "body_timeout")
 
     def _refuse(
-        self, answer: tuple[int, bytes, bytes], reason: str, retry_after_s: int = 0
+        self,
+        answer: tuple[int, bytes, bytes],
+        reason: str,
+        retry_after_s: int = 0,
+        linger: bool = True,
     ) -> None:
         status, phrase, detail = answer
         metrics.CONNECTIONS_CLOSED.labels(reason).inc()
@@ -267,9 +277,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and answering:
             self.cycle.disconnected = True  # the app sees a disconnect, never writes after us
             self.cycle.message_event.set()
-        if not (answering and self.cycle is not None and self.cycle.response_started):
-            self.transport.write(canned_response(status, phrase, detail, retry_after_s))
-        self.transport.close()
+        if answering and self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+            return
+        self._refused = True
+        self.transport.write(canned_response(status, phrase, detail, retry_after_s))
+        if linger and self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
 
 
 def configure(settings: Settings) -> ConnectionLimits:
