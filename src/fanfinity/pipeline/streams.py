@@ -28,6 +28,10 @@ RETRY_MS = 2_000
 END_OF_STREAM = b"event: end\ndata: {}\n\n"
 SLOW_S = 10.0
 CLIENT_RETRY_S = 5
+# Subscribers handed a frame per event-loop turn: a goal fanned out to 18,000 streams in one turn
+# held every producer's request behind ~30 us of send work per subscriber (p99 98 ms at 3,000
+# subscribers, 151 ms at 5,000); in slices, producers' I/O is served between them.
+FANOUT_SLICE = 100
 
 
 @dataclass(eq=False, slots=True)
@@ -60,9 +64,22 @@ class MatchChannel:
         self.changed = asyncio.Event()
 
     def publish(self, frame: bytes | None) -> None:
+        self._deliver(list(self.subscribers), frame)
+
+    async def broadcast(self, frame: bytes) -> None:
+        """`publish`, a slice of subscribers per event-loop turn."""
+        subscribers = list(self.subscribers)
+        for start in range(0, len(subscribers), FANOUT_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            self._deliver(subscribers[start : start + FANOUT_SLICE], frame)
+
+    def _deliver(self, subscribers: list[Subscriber], frame: bytes | None) -> None:
         now = time.monotonic()
         stale = now - self.hub.slow_s
-        for subscriber in list(self.subscribers):
+        for subscriber in subscribers:
+            if subscriber not in self.subscribers:
+                continue  # left while the frame was being handed out
             if not subscriber.queue.qsize():
                 subscriber.last_taken = now  # nothing waiting: the clock starts with this frame
             elif frame is not None and subscriber.last_taken < stale:
@@ -99,7 +116,7 @@ class MatchChannel:
                 self.sequence += 1
                 self.last = snapshot
                 self.last_frame = metrics_frame(self.sequence, snapshot)
-                self.publish(self.last_frame)
+                await self.broadcast(self.last_frame)
                 last_sent = time.monotonic()
             elif time.monotonic() - last_sent >= self.hub.keepalive_s:
                 self.publish(b": keep-alive\n\n")
