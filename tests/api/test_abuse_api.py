@@ -5,6 +5,7 @@ one escaped line per request, sampled."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,9 +18,10 @@ from loguru import logger
 from fanfinity.api.app import create_app
 from fanfinity.api.logsampling import LINES_PER_WINDOW
 from fanfinity.api.middleware import printable_path
+from fanfinity.api.protocol import ConnectionLimits, GuardedHttpToolsProtocol
 from fanfinity.config import Settings
 from tests.api.test_ingest_api import assert_problem
-from tests.conftest import PRODUCER_KEY, with_settings
+from tests.conftest import PRODUCER_KEY, serving, with_settings
 
 METRICS_KEY = "metrics-scrape-key-0001"
 
@@ -181,3 +183,70 @@ async def test_a_sweep_of_random_ids_writes_a_bounded_number_of_lines(
 def test_printable_path_cuts_long_paths() -> None:
     assert printable_path("/a" * 500).endswith("...")
     assert len(printable_path("/a" * 500)) < 210
+
+
+@pytest.fixture
+async def guarded(settings: Settings) -> AsyncIterator[tuple[Litestar, int]]:
+    """The app behind uvicorn with the service's own protocol and small limits, in-process."""
+    limits = ConnectionLimits(
+        max_connections=8, reserve=2, head_timeout_s=0.5, body_timeout_s=0.5, write_timeout_s=1
+    )
+    previous = GuardedHttpToolsProtocol.limits
+    GuardedHttpToolsProtocol.configure(limits)
+    app = create_app(settings)
+    try:
+        async with serving(app, http=GuardedHttpToolsProtocol) as base_url:
+            yield app, int(base_url.rsplit(":", 1)[1])
+    finally:
+        GuardedHttpToolsProtocol.configure(previous)
+
+
+async def exchange(port: int, data: bytes, then: bytes = b"") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    if then:
+        await asyncio.sleep(0.05)
+        writer.write(then)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer
+
+
+async def test_the_protocol_answers_oversized_slow_and_stalled_requests_itself(
+    guarded: tuple[Litestar, int],
+) -> None:
+    _, port = guarded
+    ok = await exchange(port, b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200 ")
+    too_large = await exchange(port, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20_000, b"b" * 10)
+    assert too_large.startswith(b"HTTP/1.1 431 ")
+    split = await exchange(port, b"GET / HTTP/1.1\r\nX-A: " + b"a" * 8_000, b"b" * 9_000)
+    assert split.startswith(b"HTTP/1.1 431 ")  # the limit holds across reads
+    slow_head = await exchange(port, b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+    assert slow_head.startswith(b"HTTP/1.1 408 ")
+    idle = await exchange(port, b"")
+    assert idle == b""  # an idle connection is closed quietly
+    head = b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    stalled_body = await exchange(
+        port, head + b"X-API-Key: " + PRODUCER_KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
+    )
+    assert stalled_body.startswith(b"HTTP/1.1 408 ")
+    answered = await exchange(port, head + b"Content-Length: 100\r\n\r\n{")
+    assert answered.startswith(b"HTTP/1.1 401 ")  # answered before its body: closed, no 408
+    assert b"408" not in answered
+
+
+async def test_a_full_process_closes_its_longest_idle_connection_for_a_new_one(
+    guarded: tuple[Litestar, int],
+) -> None:
+    _, port = guarded
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    answer = await exchange(
+        port, b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    first_reader, _ = idle[0]
+    assert await asyncio.wait_for(first_reader.read(), 2) == b""
+    for _, writer in idle:
+        writer.close()

@@ -260,6 +260,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer = None
         if self.transport.is_closing() or not self._body_pending:
             return
+        if self.cycle is not None and self.cycle.response_started:
+            metrics.CONNECTIONS_CLOSED.labels("body_timeout").inc()
+            self.transport.close()  # answered already (say a 401): just stop waiting for the body
+            return
         self._refuse(HEAD_TIMEOUT, "body_timeout")
 
     def _refuse(
