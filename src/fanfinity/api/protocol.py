@@ -37,6 +37,7 @@ FILES_KEPT_FOR_THE_PROCESS = 1_000  # store connections, log files, the listener
 # After a refusal, bytes still arriving are read and dropped for this long before the close:
 # closing a socket with unread input sends a reset, which makes the client lose the answer.
 LINGER_S = 1.0
+LINGER_BYTES = 64 * 1024  # read and dropped at most; then reading pauses until the close
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_pending = False
         self._write_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._dropped_bytes = 0
 
     @classmethod
     def configure(cls, limits: ConnectionLimits) -> None:
@@ -192,8 +194,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # Bytes in
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # answered and closing: drop what still arrives
+        if self._refused:  # answered and closing: drop what still arrives, up to a bound
+            self._dropped_bytes += len(data)
+            if self._dropped_bytes > LINGER_BYTES:
+                self.transport.pause_reading()
+            return
         if not self._reading_head:
             super().data_received(data)
         else:

@@ -31,7 +31,11 @@ CLIENT_RETRY_S = 5
 # Subscribers handed a frame per event-loop turn: a goal fanned out to 18,000 streams in one turn
 # held every producer's request behind ~30 us of send work per subscriber (p99 98 ms at 3,000
 # subscribers, 151 ms at 5,000); in slices, producers' I/O is served between them.
-FANOUT_SLICE = 100
+FANOUT_SLICE = 50
+# Subscriber-frames a second the process spends on fan-out at most (~30 us each: about a third of
+# a core); past it, updates of every match are spaced further apart (5,000 subscribers: every
+# 0.5 s, 18,000: every 1.8 s) so that fan-out cannot take the time producers need.
+FANOUT_PER_S = 10_000
 
 
 @dataclass(eq=False, slots=True)
@@ -103,7 +107,8 @@ class MatchChannel:
             with contextlib.suppress(TimeoutError):  # woken early when the aggregator says so
                 await asyncio.wait_for(self.changed.wait(), timeout=self.hub.interval_s)
             self.changed.clear()
-            await asyncio.sleep(max(0.0, MIN_SPACING_S - (time.monotonic() - last_sent)))
+            spacing = max(MIN_SPACING_S, self.hub.subscribers / FANOUT_PER_S)
+            await asyncio.sleep(max(0.0, spacing - (time.monotonic() - last_sent)))
             try:
                 snapshot = await self.hub.reader.snapshot(self.match_id)
             except (MatchNotFound, StoreUnavailable) as exc:
