@@ -73,6 +73,10 @@ class FailedAuthThrottle:
     def __init__(self, burst: int, per_s: float) -> None:
         self._buckets = AddressBuckets(burst, per_s)
 
+    def wait_s(self, address: str) -> float:
+        """0 when `address` may try a key, else the seconds until it may."""
+        return self._buckets.retry_after_s(address)
+
     def check(self, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
         wait = self._buckets.retry_after_s(client_address(connection))
         if wait > 0:
