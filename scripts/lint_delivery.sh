@@ -247,7 +247,15 @@ SETTINGS = {
     "FANFINITY_ACTIVE_WINDOW_MIN": "10", "FANFINITY_SHUTDOWN_GRACE_S": "10",
     "FANFINITY_CORS_ORIGINS": "", "FANFINITY_RATE_LIMIT_PER_S": "20000",
     "FANFINITY_RATE_LIMIT_BURST": "40000", "FANFINITY_STREAM_INTERVAL_MS": "500",
-    "FANFINITY_STREAM_MAX_SUBSCRIBERS": "20000",
+    "FANFINITY_STREAM_MAX_SUBSCRIBERS": "0",
+    # Abuse limits (issue 18, api/protocol.py, api/throttle.py).
+    "FANFINITY_STREAM_MAX_PER_CLIENT": "500", "FANFINITY_STREAM_SLOW_S": "10",
+    "FANFINITY_MAX_CONNECTIONS": "0", "FANFINITY_CONNECTION_RESERVE": "1000",
+    "FANFINITY_HEAD_TIMEOUT_S": "5", "FANFINITY_BODY_TIMEOUT_S": "15",
+    "FANFINITY_FORWARDED_ALLOW_IPS": "127.0.0.1", "FANFINITY_METRICS_KEY": "",
+    "FANFINITY_AUTH_FAILURES_BURST": "20", "FANFINITY_AUTH_FAILURES_PER_S": "0.2",
+    "FANFINITY_MATCH_LIST_CACHE_MS": "1000", "FANFINITY_MATCH_LIST_RATE_PER_S": "20",
+    "FANFINITY_MATCH_LIST_BURST": "100",
 }
 OVERRIDDEN = {"FANFINITY_API_KEYS": "local-dev-producer-key"}
 METRICS = {
@@ -259,6 +267,13 @@ METRICS = {
     "fanfinity_aggregator_batch_size": "histogram",
     # Exported by the app beyond the contract list (src/fanfinity/metrics.py).
     "fanfinity_ingest_queue_depth": "gauge",
+    "fanfinity_stream_sessions_opened_total": "counter",
+    "fanfinity_stream_sessions_active": "gauge",
+    "fanfinity_stream_session_duration_seconds": "histogram",
+    "fanfinity_stream_refused_total": "counter",
+    "fanfinity_stream_subscribers_dropped_total": "counter",
+    "fanfinity_connections_open": "gauge", "fanfinity_connections_closed_total": "counter",
+    "fanfinity_clients_throttled_total": "counter",
 }
 
 # ---- .env.example: every setting once, with its default and a comment line above it.
