@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fanfinity.api.logsampling import LogSampler
-from fanfinity.api.protocol import canned_response, connection_limits, stream_slots
+from fanfinity.api.protocol import FULL, canned_response, connection_limits, stream_slots
 from fanfinity.api.throttle import AddressBuckets
 from fanfinity.config import Settings
 
@@ -29,13 +29,14 @@ def test_a_reserve_larger_than_half_the_budget_is_cut_to_half() -> None:
 
 
 def test_a_canned_answer_is_a_complete_problem_response_with_the_usual_headers() -> None:
-    answer = canned_response(503, b"Service Unavailable", b"full", retry_after_s=1)
+    answer = canned_response(FULL, retry_after_s=1)
     head, body = answer.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"content-length: %d" % len(body) in head
     assert b"retry-after: 1" in head
     assert b"x-content-type-options: nosniff" in head
     assert b'"status":503' in body
+    assert b'"type":"urn:fanfinity:problem:too-many-connections"' in body
 
 
 def test_the_sampler_keeps_the_first_lines_then_counts_the_rest() -> None:

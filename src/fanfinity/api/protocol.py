@@ -79,11 +79,15 @@ def stream_slots(settings: Settings, file_limit: int | None = None) -> int:
     return slots
 
 
-def canned_response(status: int, reason: bytes, detail: bytes, retry_after_s: int = 0) -> bytes:
+Answer = tuple[int, bytes, bytes, bytes]  # status, reason phrase, problem slug, detail
+
+
+def canned_response(answer: Answer, retry_after_s: int = 0) -> bytes:
     """A complete problem+json response written by the protocol itself (no app involved), with
     the headers every response of the service carries."""
+    status, reason, slug, detail = answer
     body = b'{"type":"urn:fanfinity:problem:%s","title":"%s","status":%d,"detail":"%s"}' % (
-        reason.lower().replace(b" ", b"-"),
+        slug,
         reason,
         status,
         detail,
@@ -101,9 +105,24 @@ def canned_response(status: int, reason: bytes, detail: bytes, retry_after_s: in
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-HEAD_TOO_LARGE = 431, b"Request Header Fields Too Large", b"request line and headers above %d bytes"
-HEAD_TIMEOUT = 408, b"Request Timeout", b"the request was not complete in time"
-FULL = 503, b"Service Unavailable", b"this replica holds its maximum number of connections"
+HEAD_TOO_LARGE: Answer = (
+    431,
+    b"Request Header Fields Too Large",
+    b"request-headers-too-large",
+    b"request line and headers above %d bytes",
+)
+HEAD_TIMEOUT: Answer = (
+    408,
+    b"Request Timeout",
+    b"request-timeout",
+    b"the request was not complete in time",
+)
+FULL: Answer = (
+    503,
+    b"Service Unavailable",
+    b"too-many-connections",
+    b"this replica holds its maximum number of connections",
+)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -211,10 +230,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 if self.transport.is_closing():
                     return
                 if self._reading_head:
-                    status, reason, detail = HEAD_TOO_LARGE
-                    self._refuse(
-                        (status, reason, detail % self.limits.max_head_bytes), "head_too_large"
-                    )
+                    status, reason, slug, detail = HEAD_TOO_LARGE
+                    limit = self.limits.max_head_bytes
+                    self._refuse((status, reason, slug, detail % limit), "head_too_large")
                     return
                 self.data_received(data[allowed:])
                 return
@@ -273,12 +291,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(
         self,
-        answer: tuple[int, bytes, bytes],
+        answer: Answer,
         reason: str,
         retry_after_s: int = 0,
         linger: bool = True,
     ) -> None:
-        status, phrase, detail = answer
         metrics.CONNECTIONS_CLOSED.labels(reason).inc()
         self._waiting.pop(self, None)
         self._cancel_timers()
@@ -290,7 +307,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self._refused = True
-        self.transport.write(canned_response(status, phrase, detail, retry_after_s))
+        self.transport.write(canned_response(answer, retry_after_s))
         if linger and self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
