@@ -91,12 +91,12 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Litestar) -> AsyncIterator[str]:
+async def serving(app: Litestar, **config: Any) -> AsyncIterator[str]:
     """The app behind a real uvicorn socket on this event loop (streams need a real server);
-    yields its base URL."""
+    yields its base URL. `config` goes to uvicorn (for example `http=` a protocol class)."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", **config)
     )
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event

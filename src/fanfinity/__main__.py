@@ -59,7 +59,8 @@ def _serve(settings: Settings, role: Literal["api", "aggregator"]) -> int:
         "factory": True,
         "workers": workers,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": "fanfinity.api.protocol:GuardedHttpToolsProtocol",  # httptools with limits
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
         "lifespan": "on",
         "log_config": None,
         "access_log": False,
@@ -80,11 +81,13 @@ def _exit_cleanly(number: int, frame: FrameType | None) -> None:
 
 def app_factory() -> Any:
     """What each uvicorn worker calls: settings from the environment, logging, the app."""
+    from fanfinity.api import protocol
     from fanfinity.api.app import create_app
     from fanfinity.log import configure_logging
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
+    protocol.configure(settings)
     tune_garbage_collector()
     if os.environ.get("FANFINITY_ROLE") == "aggregator":
         return create_app(settings, role="aggregator", drain_on_signals=True)

@@ -57,7 +57,20 @@ class Settings:
     rate_limit_per_s: float = 20_000.0
     rate_limit_burst: int = 40_000
     stream_interval_ms: float = 500.0
-    stream_max_subscribers: int = 20_000
+    stream_max_subscribers: int = 0  # 0: derived from the connection budget (api/protocol.py)
+    stream_max_per_client: int = 500
+    stream_slow_s: float = 10.0
+    max_connections: int = 0  # 0: the open-file limit minus a reserve for the store and files
+    connection_reserve: int = 1_000
+    head_timeout_s: float = 5.0
+    body_timeout_s: float = 15.0
+    forwarded_allow_ips: str = "127.0.0.1"
+    metrics_key: str | None = None
+    auth_failures_burst: int = 20
+    auth_failures_per_s: float = 0.2
+    match_list_cache_ms: float = 1_000.0
+    match_list_rate_per_s: float = 20.0
+    match_list_burst: int = 100
 
     @property
     def embedded(self) -> bool:
@@ -136,8 +149,57 @@ class Settings:
             ),
             stream_max_subscribers=reader.get(
                 "FANFINITY_STREAM_MAX_SUBSCRIBERS",
-                _int_between(1, 1_000_000),
+                _int_between(0, 1_000_000),
                 defaults.stream_max_subscribers,
+            ),
+            stream_max_per_client=reader.get(
+                "FANFINITY_STREAM_MAX_PER_CLIENT",
+                _int_between(0, 1_000_000),
+                defaults.stream_max_per_client,
+            ),
+            stream_slow_s=reader.get(
+                "FANFINITY_STREAM_SLOW_S", _float_between(1, 600), defaults.stream_slow_s
+            ),
+            max_connections=reader.get(
+                "FANFINITY_MAX_CONNECTIONS", _int_between(0, 1_000_000), defaults.max_connections
+            ),
+            connection_reserve=reader.get(
+                "FANFINITY_CONNECTION_RESERVE",
+                _int_between(0, 100_000),
+                defaults.connection_reserve,
+            ),
+            head_timeout_s=reader.get(
+                "FANFINITY_HEAD_TIMEOUT_S", _float_between(0.5, 300), defaults.head_timeout_s
+            ),
+            body_timeout_s=reader.get(
+                "FANFINITY_BODY_TIMEOUT_S", _float_between(0.5, 300), defaults.body_timeout_s
+            ),
+            forwarded_allow_ips=reader.get(
+                "FANFINITY_FORWARDED_ALLOW_IPS", _non_empty, defaults.forwarded_allow_ips
+            ),
+            metrics_key=reader.get("FANFINITY_METRICS_KEY", _single_key, defaults.metrics_key),
+            auth_failures_burst=reader.get(
+                "FANFINITY_AUTH_FAILURES_BURST",
+                _int_between(1, 1_000_000),
+                defaults.auth_failures_burst,
+            ),
+            auth_failures_per_s=reader.get(
+                "FANFINITY_AUTH_FAILURES_PER_S",
+                _float_between(0.001, 10_000),
+                defaults.auth_failures_per_s,
+            ),
+            match_list_cache_ms=reader.get(
+                "FANFINITY_MATCH_LIST_CACHE_MS",
+                _float_between(0, 60_000),
+                defaults.match_list_cache_ms,
+            ),
+            match_list_rate_per_s=reader.get(
+                "FANFINITY_MATCH_LIST_RATE_PER_S",
+                _float_between(0, 1_000_000),
+                defaults.match_list_rate_per_s,
+            ),
+            match_list_burst=reader.get(
+                "FANFINITY_MATCH_LIST_BURST", _int_between(1, 1_000_000), defaults.match_list_burst
             ),
         )
         settings.check_consistency()
@@ -252,6 +314,12 @@ def _key_set(raw: str) -> frozenset[str]:
     if short:
         raise ValueError("every API key must be at least 16 characters long")
     return frozenset(keys)
+
+
+def _single_key(raw: str) -> str | None:
+    if len(raw) < 16:
+        raise ValueError("the key must be at least 16 characters long")
+    return raw
 
 
 def _otlp_endpoint(raw: str) -> str | None:

@@ -133,3 +133,28 @@ class StreamsFull(StoreUnavailable):
 class ShuttingDown(StoreUnavailable):
     slug = "shutting-down"
     title = "The service is shutting down"
+
+
+class ClientThrottled(ServiceError):
+    """One client address asked for more than its share; it may retry after `retry_after_s`."""
+
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many requests from this address"
+
+    def __init__(self, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class AuthThrottled(ClientThrottled):
+    slug = "too-many-failed-authentications"
+    title = "Too many failed authentications from this address"
+
+
+class ClientStreamsFull(ClientThrottled):
+    slug = "too-many-streams-from-this-address"
+    title = "This address holds its maximum number of live streams"

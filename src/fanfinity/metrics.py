@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -21,6 +21,12 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+
+# The classic text format, which every Prometheus version reads; the body is generated with the
+# legacy (underscore) names this format defines. One charset parameter, once.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HIDDEN_WITHOUT_KEY = frozenset({"process_open_fds", "process_max_fds"})
 
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -76,7 +82,8 @@ REQUESTS = Counter(
 )
 REQUEST_DURATION = Histogram(
     "fanfinity_request_duration_seconds",
-    "HTTP request duration by method, route template and status code.",
+    "HTTP request latency by method, route template and status code (for a live stream, the "
+    "time to its response headers: sessions are in fanfinity_stream_session_duration_seconds).",
     ["method", "path", "status_code"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0),
 )
@@ -84,6 +91,46 @@ REQUESTS_IN_PROGRESS = Gauge(
     "fanfinity_requests_in_progress",
     "HTTP requests being handled.",
     multiprocess_mode="livesum",
+)
+
+STREAM_SESSIONS_OPENED = Counter(
+    "fanfinity_stream_sessions_opened_total",
+    "Live metric streams (SSE) opened.",
+)
+STREAM_SESSIONS_ACTIVE = Gauge(
+    "fanfinity_stream_sessions_active",
+    "Live metric streams (SSE) open now.",
+    multiprocess_mode="livesum",
+)
+STREAM_SESSION_DURATION = Histogram(
+    "fanfinity_stream_session_duration_seconds",
+    "How long live metric streams (SSE) stayed open.",
+    buckets=(1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400),
+)
+STREAMS_REFUSED = Counter(
+    "fanfinity_stream_refused_total",
+    "Live streams refused, by reason (replica_full, client_full).",
+    ["reason"],
+)
+STREAM_SUBSCRIBERS_DROPPED = Counter(
+    "fanfinity_stream_subscribers_dropped_total",
+    "Subscribers dropped because they did not read their stream.",
+)
+CONNECTIONS_OPEN = Gauge(
+    "fanfinity_connections_open",
+    "HTTP connections open in this process.",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_CLOSED = Counter(
+    "fanfinity_connections_closed_total",
+    "Connections closed by the server's own limits, by reason (head_too_large, head_timeout, "
+    "body_timeout, write_timeout, evicted_idle, refused_full).",
+    ["reason"],
+)
+CLIENTS_THROTTLED = Counter(
+    "fanfinity_clients_throttled_total",
+    "Requests refused with 429 per client address, by reason (failed_auth, match_list).",
+    ["reason"],
 )
 
 
@@ -106,10 +153,26 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     duration.observe(seconds)
 
 
-def exposition() -> tuple[bytes, str]:
-    """Prometheus text for this process, or summed over all workers in multiprocess mode."""
+def exposition(full: bool = True) -> tuple[bytes, str]:
+    """Prometheus text for this process, or summed over all workers in multiprocess mode.
+
+    Without `full` the process's file-descriptor gauges are left out: how close the process is
+    to its open-file limit tells an attacker how many connections finish it off.
+    """
+    registry: Any = REGISTRY
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(registry if full else _WithoutFileDescriptors(registry)), CONTENT_TYPE
+
+
+class _WithoutFileDescriptors:
+    """A view of a registry without the metric families in `HIDDEN_WITHOUT_KEY`."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            if family.name not in HIDDEN_WITHOUT_KEY:
+                yield family

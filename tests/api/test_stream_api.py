@@ -184,3 +184,60 @@ async def test_in_process_aggregator_pushes_changes_before_the_poll_interval(
         assert b'"totalEvents":2' in update
         assert asyncio.get_running_loop().time() - posted < 2.0
         await stream.aclose()
+
+
+async def test_a_subscriber_whose_frames_wait_past_the_bound_is_dropped_before_its_queue_fills(
+    settings: Settings,
+) -> None:
+    app = create_app(with_settings(settings, stream_interval_ms=100.0, stream_slow_s=1.0))
+    async with (
+        serving(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": PRODUCER_KEY}) as client,
+    ):
+        await client.post("/api/events", json=event("match_start", 0))
+        await wait_counted(client, 1)
+        hub = app.state.services.streams
+        slow = await hub.open(MATCH, "198.51.100.7")
+        await anext(slow)
+        for minute in range(1, 20):  # about 4 updates a second; the queue holds 8
+            await client.post("/api/events", json=event("corner", minute))
+            await asyncio.sleep(0.3)
+            if hub.dropped:
+                break
+        assert hub.dropped == 1
+        assert minute < 8, f"dropped only after {minute} unread updates"
+        assert hub.subscribers == 0
+        assert hub.per_client == {}
+
+
+async def test_one_address_gets_429_past_its_share_of_streams_and_sessions_are_measured(
+    settings: Settings,
+) -> None:
+    app = create_app(with_settings(settings, stream_interval_ms=100.0, stream_max_per_client=2))
+    async with (
+        serving(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": PRODUCER_KEY}) as client,
+    ):
+        await client.post("/api/events", json=event("match_start", 0))
+        await wait_counted(client, 1)
+        path = f"/api/matches/{MATCH}/metrics/stream"
+        async with client.stream("GET", path) as first, client.stream("GET", path) as second:
+            assert first.status_code == second.status_code == 200
+            third = await client.get(path)
+            assert_problem(third, 429)
+            assert int(third.headers["retry-after"]) >= 1
+            text = (await client.get("/metrics")).text
+            assert "fanfinity_stream_sessions_active 2.0" in text
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
+        text = (await client.get("/metrics")).text
+    assert "fanfinity_stream_sessions_active 0.0" in text
+    durations = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("fanfinity_request_duration_seconds_sum")
+        and 'path="/api/matches/{match_id}/metrics/stream"' in line
+        and 'status_code="200"' in line
+    ]
+    assert durations
+    assert sum(durations) < 0.5  # time to headers, not the sessions' half second each

@@ -76,7 +76,8 @@ def attribute(span: ReadableSpan, key: str) -> Any:
 
 
 def traced_by_otel(app: Litestar) -> bool:
-    return isinstance(app.asgi_handler, OpenTelemetryInstrumentationMiddleware)
+    handler = getattr(app.asgi_handler, "wrapped", app.asgi_handler)  # inside the request context
+    return isinstance(handler, OpenTelemetryInstrumentationMiddleware)
 
 
 async def wait_until_counted(app: Litestar, events: int) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 
+from fanfinity.api.throttle import failed_auth_throttle
 from fanfinity.config import Settings
 from fanfinity.errors import Unauthorized
 
@@ -72,10 +73,14 @@ def require_producer_key(
     keys = settings.api_keys
     if not keys:
         return
+    throttle = failed_auth_throttle(connection)  # 429 past a bound of failures per address
+    throttle.check(connection)
     candidate = connection.headers.get(API_KEY_HEADER)
     if candidate is None:
+        throttle.failed(connection)
         raise Unauthorized("send a producer key in the X-API-Key header")
     if not key_matches(candidate, keys):
+        throttle.failed(connection)
         raise Unauthorized("the X-API-Key header does not hold a valid producer key")
 
 
@@ -83,8 +88,12 @@ def require_read_key(connection: ASGIConnection[Any, Any, Any, Any], settings: S
     """Reads are open unless FANFINITY_READ_API_KEYS is set; producer keys may read too."""
     if not settings.read_api_keys:
         return
+    throttle = failed_auth_throttle(connection)  # 429 past a bound of failures per address
+    throttle.check(connection)
     candidate = connection.headers.get(API_KEY_HEADER)
     if candidate is None:
+        throttle.failed(connection)
         raise Unauthorized("send a read key in the X-API-Key header")
     if not key_matches(candidate, settings.read_api_keys | settings.api_keys):
+        throttle.failed(connection)
         raise Unauthorized("the X-API-Key header does not hold a valid read key")

@@ -16,9 +16,8 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any, Literal
 
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request
 from litestar.config.cors import CORSConfig
-from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from loguru import logger
@@ -28,11 +27,12 @@ from fanfinity.api import docs_ui
 from fanfinity.api.access import check_access
 from fanfinity.api.controllers import EventController, HealthController, MatchController
 from fanfinity.api.dashboard import dashboard_page, static_files
-from fanfinity.api.middleware import limit_header_size, request_context_middleware
+from fanfinity.api.middleware import install_request_context, limit_header_size
 from fanfinity.api.problems import EXCEPTION_HANDLERS
+from fanfinity.api.prometheus import prometheus_metrics
+from fanfinity.api.protocol import stream_slots
 from fanfinity.api.ratelimit import ProducerRateLimiter, TokenBucketLimiter
 from fanfinity.config import Settings
-from fanfinity.metrics import exposition
 from fanfinity.pipeline.aggregator import Aggregator
 from fanfinity.pipeline.ingest import IngestBatcher, IngestLatencyRecorder
 from fanfinity.pipeline.reads import MatchMetricsReader
@@ -66,13 +66,6 @@ async def before_request(request: Request[Any, Any, Any]) -> None:
     await check_access(request)
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=False)
-def prometheus_metrics() -> Response[bytes]:
-    """Prometheus text exposition (summed over workers in multiprocess mode)."""
-    body, content_type = exposition()
-    return Response(body, media_type=content_type)
-
-
 def create_app(
     settings: Settings | None = None, role: Role = "api", drain_on_signals: bool = False
 ) -> Litestar:
@@ -98,15 +91,8 @@ def create_app(
                 if restore is not None:
                     restore()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=route_handlers,
-        middleware=[
-            DefineMiddleware(
-                request_context_middleware,
-                trace_ids=tracing is not None,
-                log_successes=settings.log_level in ("TRACE", "DEBUG"),
-            )
-        ],
         plugins=[] if tracing is None else [tracing.plugin],
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=before_request,
@@ -143,6 +129,11 @@ def create_app(
         debug=False,
         state=None,
     )
+    return install_request_context(  # around everything: 404s and 405s on no route included
+        app,
+        trace_ids=tracing is not None,
+        log_successes=settings.log_level in ("TRACE", "DEBUG"),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -162,7 +153,13 @@ async def _run_services(
         tracer=tracer,
     )
     reader = MatchMetricsReader(engine.summaries, settings.metrics_cache_ms / 1000)
-    streams = StreamHub(reader, settings.stream_interval_ms / 1000, settings.stream_max_subscribers)
+    streams = StreamHub(
+        reader,
+        settings.stream_interval_ms / 1000,
+        stream_slots(settings),
+        max_per_client=settings.stream_max_per_client,
+        slow_s=settings.stream_slow_s,
+    )
     aggregator = (
         Aggregator(
             engine,

@@ -18,9 +18,11 @@ from litestar.params import FromPath, Parameter
 from litestar.response import Stream
 
 from fanfinity.api.access import Access, route_access
+from fanfinity.api.match_list import cached_match_list
 from fanfinity.api.openapi import batch_body_schema, event_body_schema, operation_with_json_body
 from fanfinity.api.problems import Problem
 from fanfinity.api.ratelimit import request_cost
+from fanfinity.api.throttle import client_address
 from fanfinity.api.validation import (
     canonical_uuid,
     is_identifier,
@@ -246,6 +248,7 @@ class MatchController(Controller):
                 data_container=str, media_type="text/event-stream", description="SSE stream"
             ),
             404: _problem("No events counted for this match"),
+            429: _problem("This address holds its maximum number of streams (see Retry-After)"),
             503: _problem("This replica serves its maximum number of streams"),
         },
     )
@@ -253,7 +256,7 @@ class MatchController(Controller):
         self, request: Request[Any, Any, Any], match_id: FromPath[str]
     ) -> Stream:
         services = readable_match(request, match_id)
-        frames = await services.streams.open(match_id)
+        frames = await services.streams.open(match_id, client_address(request))
         return Stream(
             frames,
             media_type="text/event-stream",
@@ -264,7 +267,10 @@ class MatchController(Controller):
         "/",
         summary="List matches, most recently updated first",
         **route_access(Access.READ),
-        responses={400: _problem("Invalid query parameter (status, limit, offset)")},
+        responses={
+            400: _problem("Invalid query parameter (status, limit, offset)"),
+            429: _problem("Too many list requests from this address (see Retry-After)"),
+        },
     )
     async def list_matches(
         self,
@@ -276,7 +282,7 @@ class MatchController(Controller):
         offset: Annotated[int, Parameter(ge=0, le=100_000)] = 0,
     ) -> MatchList:
         rank = STATUS_NAMES.index(status) if status else None
-        summaries, total = await services_of(request).engine.summaries.list(rank, limit, offset)
+        summaries, total = await cached_match_list(request, rank, limit, offset)
         return match_list(summaries, total, limit, offset)
 
 

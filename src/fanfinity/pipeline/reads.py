@@ -89,6 +89,7 @@ class MatchMetricsReader:
         self._ttl_s = ttl_s
         self._cache: dict[str, tuple[float, MetricsSnapshot]] = {}
         self._in_flight: dict[str, asyncio.Future[MetricsSnapshot]] = {}
+        self._misses: dict[str, float] = {}  # unknown ids, so a sweep of them is not a read each
         self.store_reads = 0
 
     async def encoded(self, match_id: str) -> bytes:
@@ -100,6 +101,8 @@ class MatchMetricsReader:
         cached = self._cache.get(match_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        if self._misses.get(match_id, 0.0) > time.monotonic():
+            raise MatchNotFound(f"no events have been counted for match {match_id!r}")
         in_flight = self._in_flight.get(match_id)
         if in_flight is not None:
             return await asyncio.shield(in_flight)
@@ -110,6 +113,8 @@ class MatchMetricsReader:
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            if isinstance(exc, MatchNotFound):
+                self._remember_miss(match_id)
             raise
         else:
             future.set_result(snapshot)
@@ -132,6 +137,21 @@ class MatchMetricsReader:
     def forget(self, match_id: str) -> None:
         """Drop a cached body that is known to be stale (its summary just changed)."""
         self._cache.pop(match_id, None)
+        self._misses.pop(match_id, None)
+
+    def forget_miss(self, match_id: str) -> None:
+        """The match has just been counted: a cached "not found" for it is wrong now."""
+        self._misses.pop(match_id, None)
+
+    def _remember_miss(self, match_id: str) -> None:
+        if self._ttl_s <= 0:
+            return
+        now = time.monotonic()
+        if len(self._misses) >= MAX_CACHED_MATCHES:
+            self._misses = {key: until for key, until in self._misses.items() if until > now}
+            if len(self._misses) >= MAX_CACHED_MATCHES:
+                self._misses.clear()
+        self._misses[match_id] = now + self._ttl_s
 
     def _remember(self, match_id: str, snapshot: MetricsSnapshot) -> None:
         if self._ttl_s <= 0:

@@ -1,0 +1,325 @@
+"""uvicorn's httptools protocol with the limits it lacks: bounded heads, read timers, a
+connection cap.
+
+Measured before this (issue 18): httptools concatenates an unfinished header without limit (one
+endless header: 81 MB accepted in 8 s at 100 % CPU while producers got no 202), uvicorn arms its
+keep-alive timer only after a response (a connection that never finishes a request stays open for
+ever) and nothing caps connections (at the open-file limit every new connection, producers' and
+health checks' included, is reset). This subclass keeps httptools' speed and adds:
+
+- a head (request line + headers) over `max_head_bytes` is answered 431 and the connection closed
+  as soon as the limit is passed, before the parser has buffered more;
+- a connection has `head_timeout_s` to send a whole head, from the moment it opens or its last
+  response ends (a slowloris or an idle keep-alive connection is closed, 408 if it had begun);
+- a request has `body_timeout_s` to send its body once its head is in;
+- a client that does not read what it is sent (writes blocked for `write_timeout_s`, once the
+  socket buffers are full) is disconnected: a live stream nobody reads ends;
+- at most `max_connections` per process: when full, the connection idle the longest (waiting for a
+  head) is closed to let the new one in; with none idle the new one gets 503 and is closed.
+  Live streams may hold at most `max_connections - reserve` of them (see `stream_slots`), so the
+  reserve always serves producers and health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from fanfinity import metrics
+from fanfinity.api.middleware import MAX_HEADER_BYTES, SECURITY_HEADERS, new_request_id
+from fanfinity.config import Settings
+
+FILES_KEPT_FOR_THE_PROCESS = 1_000  # store connections, log files, the listener, epoll, imports
+# After a refusal, bytes still arriving are read and dropped for this long before the close:
+# closing a socket with unread input sends a reset, which makes the client lose the answer.
+LINGER_S = 1.0
+LINGER_BYTES = 64 * 1024  # read and dropped at most; then reading pauses until the close
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_connections: int
+    reserve: int
+    max_head_bytes: int = MAX_HEADER_BYTES
+    head_timeout_s: float = 5.0
+    body_timeout_s: float = 15.0
+    write_timeout_s: float = 10.0
+
+
+def open_file_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def connection_limits(settings: Settings, file_limit: int | None = None) -> ConnectionLimits:
+    """The process's connection budget: FANFINITY_MAX_CONNECTIONS, or the open-file limit less
+    what the process needs for itself (a cap at the limit itself could never fire in time)."""
+    files = open_file_limit() if file_limit is None else file_limit
+    derived = max(files - FILES_KEPT_FOR_THE_PROCESS, 100)
+    maximum = min(settings.max_connections, derived) if settings.max_connections else derived
+    return ConnectionLimits(
+        max_connections=maximum,
+        reserve=min(settings.connection_reserve, maximum // 2),
+        head_timeout_s=settings.head_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        write_timeout_s=settings.stream_slow_s,
+    )
+
+
+def stream_slots(settings: Settings, file_limit: int | None = None) -> int:
+    """Live streams this process may serve: the connection budget less its reserve, or
+    FANFINITY_STREAM_MAX_SUBSCRIBERS when that is smaller."""
+    limits = connection_limits(settings, file_limit)
+    slots = limits.max_connections - limits.reserve
+    if settings.stream_max_subscribers:
+        return min(settings.stream_max_subscribers, slots)
+    return slots
+
+
+Answer = tuple[int, bytes, bytes, bytes]  # status, reason phrase, problem slug, detail
+
+
+def canned_response(answer: Answer, retry_after_s: int = 0) -> bytes:
+    """A complete problem+json response written by the protocol itself (no app involved), with
+    the headers every response of the service carries."""
+    status, reason, slug, detail = answer
+    body = b'{"type":"urn:fanfinity:problem:%s","title":"%s","status":%d,"detail":"%s"}' % (
+        slug,
+        reason,
+        status,
+        detail,
+    )
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, reason),
+        b"content-type: application/problem+json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        b"x-request-id: " + new_request_id().encode(),
+    ]
+    lines += [name + b": " + value for name, value in SECURITY_HEADERS]
+    if retry_after_s:
+        lines.append(b"retry-after: %d" % retry_after_s)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+HEAD_TOO_LARGE: Answer = (
+    431,
+    b"Request Header Fields Too Large",
+    b"request-headers-too-large",
+    b"request line and headers above %d bytes",
+)
+HEAD_TIMEOUT: Answer = (
+    408,
+    b"Request Timeout",
+    b"request-timeout",
+    b"the request was not complete in time",
+)
+FULL: Answer = (
+    503,
+    b"Service Unavailable",
+    b"too-many-connections",
+    b"this replica holds its maximum number of connections",
+)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """See the module docstring. Set `limits` with `configure()` before serving."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits(max_connections=19_000, reserve=1_000)
+    # Connections waiting for a request head, oldest first (a dict keeps insertion order).
+    _waiting: ClassVar[dict[GuardedHttpToolsProtocol, None]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading_head = True
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_pending = False
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+        self._dropped_bytes = 0
+
+    @classmethod
+    def configure(cls, limits: ConnectionLimits) -> None:
+        cls.limits = limits
+
+    # Connection lifecycle
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        full = len(self.connections) >= self.limits.max_connections
+        super().connection_made(transport)
+        metrics.CONNECTIONS_OPEN.inc()
+        if full and not self._evict_longest_waiting():
+            self._refuse(FULL, "refused_full", retry_after_s=1, linger=False)
+            return
+        self._wait_for_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        metrics.CONNECTIONS_OPEN.dec()
+        self._waiting.pop(self, None)
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def _evict_longest_waiting(self) -> bool:
+        while self._waiting:
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            if oldest is not self and not oldest.transport.is_closing():
+                metrics.CONNECTIONS_CLOSED.labels("evicted_idle").inc()
+                oldest._cancel_timers()
+                oldest.transport.close()
+                return True
+        return False
+
+    def _wait_for_head(self) -> None:
+        self._waiting[self] = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_timed_out)
+
+    def _cancel_timers(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    # Bytes out
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(
+                self.limits.write_timeout_s, self._write_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        if not self.transport.is_closing():
+            metrics.CONNECTIONS_CLOSED.labels("write_timeout").inc()
+            self.transport.abort()  # close() would wait for the unread buffer to drain
+
+    # Bytes in
+    def data_received(self, data: bytes) -> None:
+        if self._refused:  # answered and closing: drop what still arrives, up to a bound
+            self._dropped_bytes += len(data)
+            if self._dropped_bytes > LINGER_BYTES:
+                self.transport.pause_reading()
+            return
+        if not self._reading_head:
+            super().data_received(data)
+        else:
+            allowed = self.limits.max_head_bytes - self._head_bytes
+            if len(data) <= allowed:
+                self._head_bytes += len(data)
+                super().data_received(data)
+            else:  # feed up to the limit; if the head has not ended there, it is too large
+                super().data_received(data[:allowed])
+                if self.transport.is_closing():
+                    return
+                if self._reading_head:
+                    status, reason, slug, detail = HEAD_TOO_LARGE
+                    limit = self.limits.max_head_bytes
+                    self._refuse((status, reason, slug, detail % limit), "head_too_large")
+                    return
+                self.data_received(data[allowed:])
+                return
+        if self._body_pending and self._body_timer is None and not self.transport.is_closing():
+            self._body_timer = self.loop.call_later(
+                self.limits.body_timeout_s, self._body_timed_out
+            )
+
+    # Parser callbacks
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._body_pending = True
+        self._waiting.pop(self, None)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._body_pending = False
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._reading_head = True  # what follows (pipelined or next request) is a new head
+        self._head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._wait_for_head()
+
+    # Timers and refusals
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._head_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
+            self._waiting.pop(self, None)
+            self.transport.close()  # an idle keep-alive connection: close quietly
+            metrics.CONNECTIONS_CLOSED.labels("head_timeout").inc()
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered; the next head's timer starts after it
+        self._refuse(HEAD_TIMEOUT, "head_timeout")
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or not self._body_pending:
+            return
+        if self.cycle is not None and self.cycle.response_started:
+            metrics.CONNECTIONS_CLOSED.labels("body_timeout").inc()
+            self.transport.close()  # answered already (say a 401): just stop waiting for the body
+            return
+        self._refuse(HEAD_TIMEOUT, "body_timeout")
+
+    def _refuse(
+        self,
+        answer: Answer,
+        reason: str,
+        retry_after_s: int = 0,
+        linger: bool = True,
+    ) -> None:
+        metrics.CONNECTIONS_CLOSED.labels(reason).inc()
+        self._waiting.pop(self, None)
+        self._cancel_timers()
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if self.cycle is not None and answering:
+            self.cycle.disconnected = True  # the app sees a disconnect, never writes after us
+            self.cycle.message_event.set()
+        if answering and self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+            return
+        self._refused = True
+        self.transport.write(canned_response(answer, retry_after_s))
+        if linger and self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+
+def configure(settings: Settings) -> ConnectionLimits:
+    """Install the process's limits on the protocol (each uvicorn worker calls this)."""
+    limits = connection_limits(settings)
+    GuardedHttpToolsProtocol.configure(limits)
+    return limits
+
+
+PROTOCOL = f"{GuardedHttpToolsProtocol.__module__}:{GuardedHttpToolsProtocol.__qualname__}"
