@@ -58,6 +58,7 @@ class Settings:
     rate_limit_burst: int = 40_000
     stream_interval_ms: float = 500.0
     stream_max_subscribers: int = 20_000
+    backlog: int = 4096  # listen() queue; the kernel caps it at net.core.somaxconn
 
     @property
     def embedded(self) -> bool:
@@ -139,6 +140,7 @@ class Settings:
                 _int_between(1, 1_000_000),
                 defaults.stream_max_subscribers,
             ),
+            backlog=reader.get("FANFINITY_BACKLOG", _int_between(1, 65_535), defaults.backlog),
         )
         settings.check_consistency()
         return settings
