@@ -194,7 +194,7 @@ def report(result: dict[str, Any], args: argparse.Namespace, rss_before: float) 
         f"service RSS: {rss_before:.0f} MiB before, {rss_with:.0f} MiB with the subscribers "
         f"({per_subscriber:.1f} KiB per subscriber)"
     )
-    ok = (
+    ok = bool(
         result["connected"] == wanted
         and result["received"] == wanted
         and result["p99_ms"] <= TARGET_P99_MS
