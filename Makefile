@@ -3,6 +3,11 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
+# `make simulate URL=http://host:port` or `make simulate PORT=8100` (default http://127.0.0.1:8000);
+# plain assignments, so only the command line overrides them, not a PORT/URL in the environment.
+PORT = 8000
+URL =
+SIMULATE_URL = $(or $(URL),http://127.0.0.1:$(PORT))
 
 .PHONY: help
 help: ## List the targets
@@ -55,19 +60,19 @@ typecheck: install ## mypy --strict on src/
 .PHONY: bench
 bench: install ## Benchmark ingest and reads against a bare Litestar app (installs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-	@$(UV) run --frozen python scripts/bench.py
+	@$(UV) run --frozen python -m scripts.bench
 
 .PHONY: bench-streams
-bench-streams: install ## 5,000 SSE subscribers on one worker: how fast a goal reaches them all
-	@$(UV) run --frozen python scripts/bench_streams.py
+bench-streams: install ## 18,000 SSE subscribers on one worker: how fast a goal reaches them all
+	@$(UV) run --frozen python -m scripts.bench.streams
 
 .PHONY: load
 load: install ## Match-day spike with locust against its own service (about 2 minutes); writes docs/images/loadtest.png
-	@$(UV) run --frozen --with matplotlib==3.11.2 python scripts/loadtest/run.py --start-service
+	@$(UV) run --frozen --with matplotlib==3.11.2 python -m scripts.loadtest --start-service
 
 .PHONY: simulate
-simulate: install ## Replay a 90-minute match against http://127.0.0.1:8000 (start `make run` first)
-	@$(UV) run --frozen python scripts/simulate_match.py --speed $${SPEED:-60}
+simulate: install ## Replay a 90-minute match against URL (or 127.0.0.1:PORT; default 8000; start `make run` first)
+	@$(UV) run --frozen python -m scripts.simulator --speed $${SPEED:-60} --url "$(SIMULATE_URL)"
 
 .PHONY: docker
 docker: ## Build the container image (needs a Docker engine)

@@ -1,8 +1,8 @@
 """Match-day load test: steady producers and dashboard readers, then a goal lands.
 
 Locust is not a project dependency (it stays out of uv.lock): run it through uvx, pinned.
-`scripts/loadtest/run.py` drives this file headless, seeds the matches, checks zero loss and draws
-the chart; to run the scenario alone against a service that is already up (``make run``):
+`python -m scripts.loadtest` drives this file headless, seeds the matches, checks zero loss and
+draws the chart; to run the scenario alone against a service that is already up (``make run``):
 
     uvx --from locust==2.47.0 locust -f scripts/loadtest/locustfile.py --headless \\
         --host http://127.0.0.1:8000 --csv /tmp/loadtest --csv-full-history --stop-timeout 10
@@ -19,7 +19,7 @@ Scenario (a `LoadTestShape`; every number is an option below, also settable as L
 Producers retry on 429/503 (after Retry-After), 5xx, timeouts and connection errors with the
 **same eventId and payload**, so a retry of an event that was stored is an idempotent replay, never
 a second event. Producers count the events that got a 202 (once per eventId); the counters go to
-`--ack-file` (JSON) at the start and the end, so run.py can compare acknowledged with counted.
+`--ack-file` (JSON) at the start and the end, so the driver can compare acknowledged with counted.
 
 Request names carry the phase (``/api/events [spike]``) so that locust's own CSV stats give exact
 per-phase counts, failures and percentiles.
@@ -28,11 +28,9 @@ per-phase counts, failures and percentiles.
 from __future__ import annotations
 
 import json
-import math
 import random
+import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -43,6 +41,11 @@ from typing import Any
 import gevent
 import gevent.pool
 from locust import FastHttpUser, LoadTestShape, events, task
+
+# Locust imports this file by path, in its own environment: make the repository's scripts
+# importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from scripts.helpers import http_request, percentile, retry_after_s
 
 INGEST = "/api/events"
 READ = "/api/matches/[id]/metrics"
@@ -199,7 +202,7 @@ def configure(environment: Any, **_: Any) -> None:
 def on_start(environment: Any, **_: Any) -> None:
     seed_matches(environment.host)
     COUNTERS.started_at = time.time()
-    enter_phase("steady")  # also tells run.py that the clock of the phases started
+    enter_phase("steady")  # also tells the driver that the clock of the phases started
 
 
 @events.test_stop.add_listener
@@ -248,21 +251,16 @@ def write_timeline() -> None:
                     second,
                     len(times),
                     FAILURES[kind][second],
-                    round(nearest_rank(times, 0.50), 2),
-                    round(nearest_rank(times, 0.99), 2),
+                    round(percentile(times, 50), 2),
+                    round(percentile(times, 99), 2),
                 ]
             )
         body[kind] = rows
     Path(PLAN.ack_file).with_name("timeline.json").write_text(json.dumps(body))
 
 
-def nearest_rank(ordered: list[float], quantile: float) -> float:
-    return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
-
-
 def seed_matches(host: str) -> None:
     """One match_start per match, then wait until the aggregator has counted each one."""
-    headers = {"Content-Type": "application/json", "X-API-Key": PLAN.api_key}
     for match_id in PLAN.match_ids():
         event = {
             "eventId": str(uuid.uuid4()),
@@ -271,25 +269,18 @@ def seed_matches(host: str) -> None:
             "timestamp": now_iso(),
             "teamId": f"{match_id}-team-0",
         }
-        status, body = http(f"{host}/api/events", json.dumps(event).encode(), headers)
+        status, body = http_request(f"{host}/api/events", event, PLAN.api_key)
         if status != 202:
             raise SystemExit(f"seeding {match_id}: HTTP {status} {body[:200]!r} (check --api-key)")
         COUNTERS.seeded += 1
     deadline = time.monotonic() + 30
     for match_id in PLAN.match_ids():
-        while http(f"{host}/api/matches/{match_id}/metrics", None, headers)[0] != 200:
+        while (
+            http_request(f"{host}/api/matches/{match_id}/metrics", api_key=PLAN.api_key)[0] != 200
+        ):
             if time.monotonic() > deadline:
                 raise SystemExit(f"{match_id} was never counted by the aggregator")
             gevent.sleep(0.1)
-
-
-def http(url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def now_iso() -> str:
@@ -299,10 +290,8 @@ def now_iso() -> str:
 def retry_after(response: Any, attempt: int) -> float:
     """Retry-After seconds when the server sent it, else exponential backoff; with jitter."""
     header = response.headers.get("Retry-After") if response.headers else None
-    try:
-        base = float(header) if header is not None else min(0.1 * 2**attempt, 2.0)
-    except ValueError:
-        base = 1.0
+    after = retry_after_s(header)
+    base = min(0.1 * 2**attempt, 2.0) if after is None else after
     return base * random.uniform(1.0, 1.25)
 
 

@@ -67,12 +67,26 @@ def _serve(settings: Settings, role: Literal["api", "aggregator"]) -> int:
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) or 1,
         "timeout_keep_alive": 5,
         "server_header": False,
+        "backlog": settings.backlog,
     }
+    raise_open_files_limit()
     # uvicorn re-raises the signal it shut down on once it is done; answer it with a clean exit
     # status, so that a graceful SIGTERM ends with 0 rather than 143.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with multiprocess_metrics_dir(workers):
         return run_uvicorn("fanfinity.__main__:app_factory", options, role=role)
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft open-files limit to the hard one: every connection (an SSE subscriber
+    too) is a file, and a soft limit of 1,024 would refuse the 1,025th fan."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
 
 
 def _exit_cleanly(number: int, frame: FrameType | None) -> None:

@@ -71,6 +71,7 @@ class Settings:
     match_list_cache_ms: float = 1_000.0
     match_list_rate_per_s: float = 20.0
     match_list_burst: int = 100
+    backlog: int = 4096  # listen() queue; the kernel caps it at net.core.somaxconn
 
     @property
     def embedded(self) -> bool:
@@ -201,6 +202,7 @@ class Settings:
             match_list_burst=reader.get(
                 "FANFINITY_MATCH_LIST_BURST", _int_between(1, 1_000_000), defaults.match_list_burst
             ),
+            backlog=reader.get("FANFINITY_BACKLOG", _int_between(1, 65_535), defaults.backlog),
         )
         settings.check_consistency()
         return settings

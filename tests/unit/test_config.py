@@ -90,6 +90,7 @@ def test_blank_variables_mean_the_default() -> None:
             ("https://dash.example.com", "http://localhost:3000"),
         ),
         ("FANFINITY_CORS_ORIGINS", "*", "cors_origins", ("*",)),
+        ("FANFINITY_BACKLOG", "8192", "backlog", 8192),
     ],
 )
 def test_each_variable_is_parsed(variable: str, raw: str, attribute: str, expected: Any) -> None:

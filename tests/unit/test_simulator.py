@@ -1,16 +1,12 @@
-"""The match simulator (scripts/simulate_match.py): its script, its retries and a whole match."""
+"""The match simulator (`python -m scripts.simulator`): its script, retries and a whole match."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -20,24 +16,24 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from fanfinity.api.validation import convert_event
+from scripts.simulator.plan import (
+    HALFTIME_BREAK_S,
+    MAX_SUBSTITUTIONS,
+    SCORING_TYPES,
+    SPIKE_WINDOW_S,
+    live_clock,
+    plan_match,
+    plan_reads,
+    score_after,
+    teams_of,
+)
+from scripts.simulator.producer import EventStats, SimulationConfig, post_event
+from scripts.simulator.report import format_summary, render_progress
+from scripts.simulator.run import run_simulation
 from tests.conftest import PRODUCER_KEY
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "simulate_match.py"
 SEEDS = range(150)
-
-
-def load_simulator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("simulate_match", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-sim = load_simulator()
-PLANS = {seed: sim.plan_match(seed, "Al-Hilal", "Al-Nassr") for seed in SEEDS}
+PLANS = {seed: plan_match(seed, "Al-Hilal", "Al-Nassr") for seed in SEEDS}
 
 
 def every_event() -> list[Any]:
@@ -48,8 +44,8 @@ def every_event() -> list[Any]:
 
 
 def test_the_same_seed_plays_the_same_match_and_another_seed_another() -> None:
-    assert sim.plan_match(7, "Al-Hilal", "Al-Nassr") == PLANS[7]
-    assert sim.plan_match(8, "Al-Hilal", "Al-Nassr") != PLANS[7]
+    assert plan_match(7, "Al-Hilal", "Al-Nassr") == PLANS[7]
+    assert plan_match(8, "Al-Hilal", "Al-Nassr") != PLANS[7]
 
 
 def test_every_match_opens_with_kick_off_and_closes_with_full_time() -> None:
@@ -58,7 +54,7 @@ def test_every_match_opens_with_kick_off_and_closes_with_full_time() -> None:
         assert types[0] == "match_start"
         assert types[-1] == "match_end"
         assert types.count("match_start") == types.count("match_end") == 1
-        assert sim.teams_of(plan) == ("al-hilal", "al-nassr")
+        assert teams_of(plan) == ("al-hilal", "al-nassr")
 
 
 def test_minutes_and_times_never_go_backwards_and_half_time_is_a_quiet_gap() -> None:
@@ -69,7 +65,7 @@ def test_minutes_and_times_never_go_backwards_and_half_time_is_a_quiet_gap() -> 
         assert times == sorted(times)
         last_first_half = max(e.at_s for e in plan if e.half == 1)
         first_second_half = min(e.at_s for e in plan if e.half == 2)
-        assert first_second_half - last_first_half >= sim.HALFTIME_BREAK_S
+        assert first_second_half - last_first_half >= HALFTIME_BREAK_S
         for event in plan:
             assert event.metadata["minute"] == event.minute
             assert event.metadata.get("addedTime", 0) == event.added
@@ -101,16 +97,16 @@ def test_every_planned_event_is_valid_for_the_service() -> None:
 
 def test_the_goals_add_up_to_the_score_the_summary_reports() -> None:
     for plan in PLANS.values():
-        home, away = sim.teams_of(plan)
+        home, away = teams_of(plan)
         goals = Counter[str]()
         for event in plan:
             if event.event_type in ("goal", "penalty_goal"):
                 goals[event.team_id] += 1
             elif event.event_type == "own_goal":  # the player's own team concedes it
                 goals[away if event.team_id == home else home] += 1
-            if event.event_type in sim.SCORING_TYPES:
+            if event.event_type in SCORING_TYPES:
                 assert event.metadata["score"] == f"{goals[home]}-{goals[away]}"
-        assert sim.score_after(plan) == (goals[home], goals[away])
+        assert score_after(plan) == (goals[home], goals[away])
         assert plan[-1].metadata["finalScore"] == f"{goals[home]}-{goals[away]}"
 
 
@@ -118,7 +114,7 @@ def test_no_team_makes_more_than_five_substitutions_and_most_come_after_55() -> 
     minutes = []
     for plan in PLANS.values():
         substitutions = Counter(e.team_id for e in plan if e.event_type == "substitution")
-        assert max(substitutions.values(), default=0) <= sim.MAX_SUBSTITUTIONS
+        assert max(substitutions.values(), default=0) <= MAX_SUBSTITUTIONS
         minutes += [e.minute for e in plan if e.event_type == "substitution"]
     assert sum(minute > 55 for minute in minutes) >= 0.7 * len(minutes)
 
@@ -137,45 +133,37 @@ def test_a_player_who_left_the_pitch_takes_no_further_part() -> None:
 def test_reads_during_a_goal_spike_come_spike_factor_times_as_often() -> None:
     plan = next(p for p in PLANS.values() if sum(e.event_type == "goal" for e in p) == 1)
     goal = next(event for event in plan if event.event_type == "goal")
-    reads = sim.plan_reads(plan, readers=4, spike_factor=10)
-    window = [at for at, spike in reads if goal.at_s <= at < goal.at_s + sim.SPIKE_WINDOW_S]
+    reads = plan_reads(plan, readers=4, spike_factor=10)
+    window = [at for at, spike in reads if goal.at_s <= at < goal.at_s + SPIKE_WINDOW_S]
     assert all(spike for at, spike in reads if at in window)
     baseline = [at for at, spike in reads if not spike]
-    baseline_per_s = len(baseline) / (plan[-1].at_s - sim.SPIKE_WINDOW_S)
-    assert len(window) / sim.SPIKE_WINDOW_S == pytest.approx(10 * baseline_per_s, rel=0.1)
-    assert sim.plan_reads(plan, readers=0, spike_factor=10) == []
+    baseline_per_s = len(baseline) / (plan[-1].at_s - SPIKE_WINDOW_S)
+    assert len(window) / SPIKE_WINDOW_S == pytest.approx(10 * baseline_per_s, rel=0.1)
+    assert plan_reads(plan, readers=0, spike_factor=10) == []
 
 
 def test_the_progress_line_is_plain_text() -> None:
-    line = sim.render_progress(120, 240, "45'", (2, 1), retries=3, reads=0)
+    line = render_progress(120, 240, "45'", (2, 1), retries=3, reads=0)
     assert line == "[##########..........] 45' 2-1 events 120/240 retries 3"
-    assert sim.render_progress(240, 240, "90+4'", (2, 1), 0, 50).endswith("reads 50")
+    assert render_progress(240, 240, "90+4'", (2, 1), 0, 50).endswith("reads 50")
 
 
 def test_the_live_clock_shows_stoppage_time_half_time_and_full_time() -> None:
     plan = PLANS[7]
     end = plan[-1]
     second_half_at = end.at_s - 60 * end.added - 45 * 60  # the second half's kick-off
-    half_time_at = second_half_at - sim.HALFTIME_BREAK_S
+    half_time_at = second_half_at - HALFTIME_BREAK_S
     first_half_added = round((half_time_at - 45 * 60) / 60)
-    assert sim.live_clock(plan, 0) == "1'"
-    assert sim.live_clock(plan, 44 * 60 + 59) == "45'"
-    assert sim.live_clock(plan, 45 * 60) == "45+1'"
-    assert sim.live_clock(plan, half_time_at - 1) == f"45+{first_half_added}'"
-    assert sim.live_clock(plan, half_time_at) == "HT"
-    assert sim.live_clock(plan, second_half_at - 1) == "HT"
-    assert sim.live_clock(plan, second_half_at) == "46'"
-    assert sim.live_clock(plan, end.at_s - 1) == f"90+{end.added}'"
-    assert sim.live_clock(plan, end.at_s) == "FT"
+    assert live_clock(plan, 0) == "1'"
+    assert live_clock(plan, 44 * 60 + 59) == "45'"
+    assert live_clock(plan, 45 * 60) == "45+1'"
+    assert live_clock(plan, half_time_at - 1) == f"45+{first_half_added}'"
+    assert live_clock(plan, half_time_at) == "HT"
+    assert live_clock(plan, second_half_at - 1) == "HT"
+    assert live_clock(plan, second_half_at) == "46'"
+    assert live_clock(plan, end.at_s - 1) == f"90+{end.added}'"
+    assert live_clock(plan, end.at_s) == "FT"
     assert all(event.at_s < half_time_at or event.at_s >= second_half_at for event in plan)
-
-
-def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-    assert sim.retry_after_s("2", now) == 2.0
-    assert sim.retry_after_s("Thu, 01 Jan 2026 12:00:05 GMT", now) == 5.0
-    assert sim.retry_after_s(None, now) is None
-    assert sim.retry_after_s("soon", now) is None
 
 
 # --- the sender -----------------------------------------------------------------------------
@@ -215,7 +203,7 @@ class RecordedSleeps:
         self.waits.append(seconds)
 
 
-CONFIG = sim.SimulationConfig(match_id="retry-test", api_key=PRODUCER_KEY, backoff_s=0.01)
+CONFIG = SimulationConfig(match_id="retry-test", api_key=PRODUCER_KEY, backoff_s=0.01)
 
 
 async def test_a_retried_event_keeps_its_event_id_and_counts_once() -> None:
@@ -230,9 +218,9 @@ async def test_a_retried_event_keeps_its_event_id_and_counts_once() -> None:
         ],
         seen,
     )
-    stats = sim.EventStats()
+    stats = EventStats()
     async with client:
-        stored = await sim.post_event(client, PLANS[0][1], CONFIG, stats, sleep=sleeps)
+        stored = await post_event(client, PLANS[0][1], CONFIG, stats, sleep=sleeps)
 
     assert stored
     assert {request.content for request in seen} == {seen[0].content}  # same bytes every time
@@ -247,10 +235,10 @@ async def test_a_retried_event_keeps_its_event_id_and_counts_once() -> None:
 async def test_a_409_is_reported_as_a_bug_and_a_422_is_not_retried() -> None:
     seen: list[httpx.Request] = []
     client = scripted_client([answer(409), answer(422)], seen)
-    stats = sim.EventStats()
+    stats = EventStats()
     async with client:
-        assert not await sim.post_event(client, PLANS[0][1], CONFIG, stats, sleep=RecordedSleeps())
-        assert not await sim.post_event(client, PLANS[0][2], CONFIG, stats, sleep=RecordedSleeps())
+        assert not await post_event(client, PLANS[0][1], CONFIG, stats, sleep=RecordedSleeps())
+        assert not await post_event(client, PLANS[0][2], CONFIG, stats, sleep=RecordedSleeps())
 
     assert len(seen) == 2
     assert stats.failures[0].startswith("BUG: 409")
@@ -260,11 +248,11 @@ async def test_a_409_is_reported_as_a_bug_and_a_422_is_not_retried() -> None:
 
 async def test_an_event_that_never_gets_through_fails_after_the_last_attempt() -> None:
     seen: list[httpx.Request] = []
-    config = sim.SimulationConfig(match_id="retry-test", api_key=PRODUCER_KEY, max_attempts=3)
+    config = SimulationConfig(match_id="retry-test", api_key=PRODUCER_KEY, max_attempts=3)
     client = scripted_client([time_out] * 3, seen)
-    stats = sim.EventStats()
+    stats = EventStats()
     async with client:
-        assert not await sim.post_event(client, PLANS[0][1], config, stats, sleep=RecordedSleeps())
+        assert not await post_event(client, PLANS[0][1], config, stats, sleep=RecordedSleeps())
 
     assert len(seen) == 3
     assert stats.retries == 2
@@ -278,11 +266,11 @@ async def test_a_whole_match_at_full_speed_is_counted_exactly(
     client: AsyncTestClient[Litestar],
 ) -> None:
     plan = PLANS[7]
-    config = sim.SimulationConfig(
+    config = SimulationConfig(
         match_id="simulated-derby", api_key=PRODUCER_KEY, speed=0, readers=2, spike_factor=3
     )
 
-    result = await sim.run_simulation(client, plan, config)
+    result = await run_simulation(client, plan, config)
 
     assert result.events.failures == []
     assert result.events.accepted == len(plan)
@@ -291,8 +279,8 @@ async def test_a_whole_match_at_full_speed_is_counted_exactly(
     assert result.reads.spike > 0
     assert result.metrics is not None
     assert result.metrics["status"] == "ended"
-    summary = sim.format_summary(result)
+    summary = format_summary(result)
     assert f"accepted {len(plan)}" in summary
     assert f"check     totalEvents {len(plan)} vs accepted {len(plan)}: OK" in summary
-    home, away = sim.score_after(plan)
+    home, away = score_after(plan)
     assert f"Al-Hilal {home}-{away} Al-Nassr" in summary

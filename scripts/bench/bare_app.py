@@ -1,4 +1,5 @@
-"""The baseline for `bench.py`: bare Litestar on the same server settings, doing the least work.
+"""The baseline for `python -m scripts.bench`: bare Litestar on the same server settings, doing
+the least work.
 
 POST decodes the same JSON body and answers 202; GET answers a fixed small JSON document.
 """

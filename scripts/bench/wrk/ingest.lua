@@ -1,4 +1,5 @@
 -- POST unique events spread over 20 matches; counts 202s and other statuses per thread.
+local result = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "result.lua")
 local threads = {}
 counter = 0
 thread_id = thread_id or 0
@@ -36,12 +37,5 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local total_accepted, total_failed = 0, 0
-  for _, thread in ipairs(threads) do
-    total_accepted = total_accepted + thread:get("accepted")
-    total_failed = total_failed + thread:get("failed")
-  end
-  io.write(string.format("RESULT accepted=%d failed=%d p50_us=%d p99_us=%d requests=%d\n",
-    total_accepted, total_failed, latency:percentile(50), latency:percentile(99),
-    summary.requests))
+  result.report(threads, "accepted", summary, latency)
 end

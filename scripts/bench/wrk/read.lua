@@ -1,4 +1,5 @@
 -- GET one match's metrics; counts non-200 answers.
+local result = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "result.lua")
 local threads = {}
 failed = 0
 ok = 0
@@ -20,11 +21,5 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local total_ok, total_failed = 0, 0
-  for _, thread in ipairs(threads) do
-    total_ok = total_ok + thread:get("ok")
-    total_failed = total_failed + thread:get("failed")
-  end
-  io.write(string.format("RESULT accepted=%d failed=%d p50_us=%d p99_us=%d requests=%d\n",
-    total_ok, total_failed, latency:percentile(50), latency:percentile(99), summary.requests))
+  result.report(threads, "ok", summary, latency)
 end

@@ -2,7 +2,7 @@
 
 Locust (pinned, through uvx) and matplotlib (through ``uv run --with``) stay out of uv.lock:
 
-    uv run --frozen --with matplotlib==3.11.2 python scripts/loadtest/run.py --start-service
+    uv run --frozen --with matplotlib==3.11.2 python -m scripts.loadtest --start-service
 
 `--start-service` starts ``uv run --frozen fanfinity serve`` on a free loopback port (embedded
 engine, FANFINITY_API_KEYS set to --api-key), waits for /health/ready and stops it with SIGTERM at
@@ -20,39 +20,45 @@ Exit status: 0, or 1 when an acknowledged event is missing from the counts (or c
 from __future__ import annotations
 
 import argparse
-import csv
-import itertools
 import json
 import math
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
-from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from scripts.helpers import (
+    ROOT,
+    counted_events,
+    free_port,
+    metric_total,
+    running_process,
+    scrape,
+    wait_until_ready,
+)
+from scripts.loadtest.chart import LOCUST_VERSION, chart
+from scripts.loadtest.cpu import CpuSampler
+from scripts.loadtest.stats import (
+    PHASES,
+    cpu_per_phase,
+    failures,
+    per_phase_stats,
+    phase_windows,
+    server_side,
+    time_series,
+)
+
 HERE = Path(__file__).resolve().parent
-LOCUST_VERSION = "2.47.0"
 DEFAULT_HOST = "http://127.0.0.1:8000"
 DEFAULT_KEY = "local-dev-producer-key"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-PHASES = ("steady", "spike", "after")
-KINDS = {"ingest": "/api/events", "reads": "/api/matches/[id]/metrics"}
-SERVER_ROUTES = {"ingest": ("POST", "/api/events"), "reads": ("GET", "/api/matches/{match_id")}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,66 +128,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTTP helpers (standard library only)
-
-
-def http(
-    url: str, api_key: str, body: object | None = None, timeout: float = 5.0
-) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(  # noqa: S310 - URL built from --host (http/https checked)
-        url,
-        data=data,
-        headers={"Content-Type": "application/json", "X-API-Key": api_key},
-        method="GET" if body is None else "POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(host: str, process: subprocess.Popen[bytes] | None, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise SystemExit(f"the service exited with {process.returncode} before it was ready")
-        with suppress(OSError):
-            status, _ = http(f"{host}/health/ready", "", timeout=1)
-            if status == 200:
-                return
-        time.sleep(0.2)
-    raise SystemExit(f"{host}/health/ready did not answer 200 within {timeout_s:.0f} s")
-
-
-def prometheus(host: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Samples of the service's /metrics as {(name, sorted labels): value}; {} if unavailable."""
-    try:
-        status, body = http(f"{host}/metrics", "", timeout=5)
-    except OSError:
-        return {}
-    if status != 200:
-        return {}
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for line in body.decode(errors="replace").splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, _, rest = head.partition("{")
-        labels = tuple(sorted(LABEL.findall(rest)))
-        with suppress(ValueError):
-            samples[(name, labels)] = float(value)
-    return samples
-
-
-# ---------------------------------------------------------------------------------------------
 # processes
 
 
@@ -189,7 +135,7 @@ def prometheus(host: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 def service(args: argparse.Namespace, out_dir: Path) -> Iterator[subprocess.Popen[bytes] | None]:
     """Start `fanfinity serve` on a free port when asked; SIGTERM it on the way out."""
     if not args.start_service:
-        wait_ready(args.host, None, timeout_s=10)
+        wait_until_ready(f"{args.host}/health/ready", timeout_s=10)
         yield None
         return
     port = free_port()
@@ -201,87 +147,15 @@ def service(args: argparse.Namespace, out_dir: Path) -> Iterator[subprocess.Pope
         FANFINITY_HOST="127.0.0.1",
         FANFINITY_MONGODB_URL="memory://",
     )
-    log = (out_dir / "service.log").open("wb")
-    process = subprocess.Popen(
-        ["uv", "run", "--frozen", "fanfinity", "serve"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_ready(args.host, process)
+    command = ["uv", "run", "--frozen", "fanfinity", "serve"]
+    ready = f"{args.host}/health/ready"
+    with running_process(command, env, ready, out_dir / "service.log") as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
 
 
 def clean_env() -> dict[str, str]:
     """The environment without the `uv run --with` overlay, so child `uv` calls pick their own."""
     return {key: value for key, value in os.environ.items() if key not in {"VIRTUAL_ENV"}}
-
-
-def process_tree_ticks(root: int) -> int:
-    """utime + stime (clock ticks) of a process and all its descendants, from /proc."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += ticks.get(pid, 0)
-        stack.extend(child for child, parent in parents.items() if parent == pid)
-    return total
-
-
-def machine_busy_ticks() -> int:
-    """Busy clock ticks of the whole machine, all cores (from /proc/stat)."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]) - idle
-
-
-@dataclass
-class CpuSampler:
-    """Per-second CPU% (100 = one core) of process trees, and of the whole machine."""
-
-    roots: dict[str, int]
-    samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
-    _last: tuple[float, dict[str, int]] | None = None
-
-    def sample(self) -> None:
-        now = time.time()
-        current = {name: process_tree_ticks(pid) for name, pid in self.roots.items()}
-        current["machine"] = machine_busy_ticks()
-        if self._last is not None:
-            before, ticks = self._last
-            elapsed = max(now - before, 1e-6)
-            values = {
-                name: 100.0 * (current[name] - ticks[name]) / CLOCK_TICKS / elapsed
-                for name in current
-            }
-            values["other"] = max(
-                0.0, values["machine"] - sum(v for k, v in values.items() if k in self.roots)
-            )
-            self.samples.append((now, values))
-        self._last = (now, current)
 
 
 def read_counters(path: Path) -> dict[str, Any]:
@@ -355,14 +229,14 @@ def run_locust(
                 next_sample += 1.0
             for phase in read_counters(ack_file).get("phase_started_at", {}):
                 if phase not in scrapes:
-                    scrapes[phase] = prometheus(args.host)
+                    scrapes[phase] = scrape(args.host)
             time.sleep(0.2)
     finally:
         if locust.poll() is None:
             locust.kill()
             locust.wait()
         log.close()
-    scrapes["end"] = prometheus(args.host)
+    scrapes["end"] = scrape(args.host)
     return locust.returncode, sampler, scrapes
 
 
@@ -374,15 +248,6 @@ def match_ids(run_id: str, matches: int) -> list[str]:
     return [f"loadtest-{run_id}-m{index}" for index in range(matches)]
 
 
-def counted_events(host: str, api_key: str, ids: list[str]) -> int:
-    total = 0
-    for match_id in ids:
-        status, body = http(f"{host}/api/matches/{match_id}/metrics", api_key)
-        if status == 200:
-            total += int(json.loads(body)["totalEvents"])
-    return total
-
-
 def zero_loss(
     host: str, api_key: str, ids: list[str], acknowledged: int, unresolved: int, settle_s: float
 ) -> dict[str, Any]:
@@ -390,7 +255,7 @@ def zero_loss(
     started = time.monotonic()
     counted, previous, stable_since = 0, -1, time.monotonic()
     while time.monotonic() - started < settle_s:
-        counted = counted_events(host, api_key, ids)
+        counted = counted_events(host, ids, api_key)
         if counted != previous:
             previous, stable_since = counted, time.monotonic()
         elif counted >= acknowledged and time.monotonic() - stable_since >= 1.0:
@@ -415,175 +280,6 @@ def zero_loss(
         "ok": acknowledged <= counted <= acknowledged + unresolved,
         "verdict": verdict,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# locust CSVs -> per-phase summary and time series
-
-
-def number(value: str) -> float | None:
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(result) else result
-
-
-Windows = dict[str, tuple[float, float]]
-
-
-def phase_windows(args: argparse.Namespace, producers: dict[str, Any]) -> Windows:
-    """Seconds since the start of each phase: as the shape switched them, else as planned."""
-    spike_end = args.spike_at + args.spike_duration
-    planned = {"steady": 0.0, "spike": args.spike_at, "after": spike_end, "end": args.duration}
-    started = float(producers.get("started_at") or 0.0)
-    actual = {
-        phase: moment - started for phase, moment in producers.get("phase_started_at", {}).items()
-    }
-    if started and producers.get("stopped_at"):
-        actual["end"] = float(producers["stopped_at"]) - started
-    marks = {name: actual.get(name, planned[name]) for name in planned}
-    order = [*PHASES, "end"]
-    return {phase: (marks[phase], marks[after]) for phase, after in itertools.pairwise(order)}
-
-
-def per_phase_stats(out_dir: Path, windows: Windows) -> dict[str, dict[str, Any]]:
-    """Counts, failures and percentiles per phase and kind, from locust_stats.csv.
-
-    Request names carry their phase, so locust's own per-name totals are exact per phase; the
-    rate is the count over the phase's length.
-    """
-    rows = {row["Name"]: row for row in read_csv(out_dir / "locust_stats.csv")}
-    result: dict[str, dict[str, Any]] = {}
-    for phase, (start, end) in windows.items():
-        result[phase] = {"from_s": round(start, 1), "to_s": round(end, 1)}
-        for kind, path in KINDS.items():
-            row = rows.get(f"{path} [{phase}]")
-            count = int(row["Request Count"]) if row else 0
-            result[phase][kind] = {
-                "requests": count,
-                "requests_per_s": round(count / max(end - start, 1e-9), 1),
-                "p50_ms": number(row["50%"]) if row else None,
-                "p95_ms": number(row["95%"]) if row else None,
-                "p99_ms": number(row["99%"]) if row else None,
-                "max_ms": number(row["Max Response Time"]) if row else None,
-                "errors": int(row["Failure Count"]) if row else 0,
-            }
-    return result
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        raise SystemExit(f"locust wrote no {path.name}: see {path.parent / 'locust.log'}")
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def failures(out_dir: Path) -> list[dict[str, Any]]:
-    path = out_dir / "locust_failures.csv"
-    if not path.exists():
-        return []
-    return [
-        {"name": row["Name"], "error": row["Error"], "occurrences": int(row["Occurrences"])}
-        for row in read_csv(path)
-    ]
-
-
-@dataclass
-class Series:
-    seconds: list[float] = field(default_factory=list)
-    rate: list[float] = field(default_factory=list)
-    failures: list[float] = field(default_factory=list)
-    p50: list[float | None] = field(default_factory=list)
-    p99: list[float | None] = field(default_factory=list)
-
-
-def time_series(out_dir: Path) -> dict[str, Series]:
-    """Per-second requests, failures, p50 and p99 by kind, from the locustfile's timeline.json.
-
-    Each value covers the second that ends at its x (plotted as steps). Locust's stats history
-    holds the same counts, but with whole-second timestamps that now and then skip a second (a
-    false dip or jump in requests/s) and percentiles over a sliding window.
-    """
-    path = out_dir / "timeline.json"
-    rows = json.loads(path.read_text()) if path.exists() else {}
-    series = {kind: Series() for kind in KINDS}
-    for kind, out in series.items():
-        for second, requests, failed, p50, p99 in rows.get(kind, []):
-            out.seconds.append(second + 1)
-            out.rate.append(requests)
-            out.failures.append(failed)
-            out.p50.append(p50)
-            out.p99.append(p99)
-    return series
-
-
-def cpu_per_phase(
-    sampler: CpuSampler, started_at: float, windows: Windows
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and max CPU% per phase, leaving out each phase's first second (the switch)."""
-    result: dict[str, dict[str, dict[str, float]]] = {}
-    for phase, (start, end) in windows.items():
-        inside = [
-            values
-            for moment, values in sampler.samples
-            if started_at and start + 1 <= moment - started_at < end
-        ]
-        result[phase] = {}
-        for name in [*sampler.roots, "machine", "other"]:
-            values = [sample[name] for sample in inside]
-            if values:
-                result[phase][name] = {
-                    "mean_pct": round(sum(values) / len(values), 1),
-                    "max_pct": round(max(values), 1),
-                }
-    return result
-
-
-def server_side(scrapes: dict[str, dict[Any, float]]) -> dict[str, dict[str, Any]]:
-    """Per phase and route, from /metrics deltas: status counts and bucketed p50/p99 (ms)."""
-    order = [*PHASES, "end"]
-    result: dict[str, dict[str, Any]] = {}
-    for before, phase in itertools.pairwise(order):
-        first, last = scrapes.get(before) or {}, scrapes.get(phase) or {}
-        if not first or not last:
-            continue
-        result[before] = {}
-        for kind, (method, route) in SERVER_ROUTES.items():
-            statuses: dict[str, int] = defaultdict(int)
-            buckets: dict[float, float] = defaultdict(float)
-            for (name, labels), value in last.items():
-                label = dict(labels)
-                path = label.get("path", "")
-                if label.get("method") != method or not path.startswith(route):
-                    continue
-                if kind == "reads" and not path.endswith("/metrics"):
-                    continue
-                delta = value - first.get((name, labels), 0.0)
-                if name == "fanfinity_requests_total":
-                    statuses[label["status_code"]] += int(delta)
-                elif name == "fanfinity_request_duration_seconds_bucket":
-                    buckets[float(label["le"])] += delta
-            result[before][kind] = {
-                "statuses": {code: n for code, n in sorted(statuses.items()) if n},
-                "p50_ms_le": bucket_quantile(buckets, 0.50),
-                "p99_ms_le": bucket_quantile(buckets, 0.99),
-            }
-    return result
-
-
-def bucket_quantile(buckets: dict[float, float], quantile: float) -> float | None:
-    """Upper bound (ms) of the histogram bucket holding the quantile."""
-    if not buckets:
-        return None
-    ordered = sorted(buckets.items())
-    total = ordered[-1][1]
-    if total <= 0:
-        return None
-    for bound, cumulative in ordered:
-        if cumulative >= quantile * total:
-            return bound * 1000
-    return math.inf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,103 +321,6 @@ def table(summary: dict[str, Any]) -> str:
         cells.append(f"| {(str(round(other['mean_pct'])) + '%') if other else '-':>13} |")
         lines.append("".join(cells))
     return "\n".join(lines)
-
-
-def chart(
-    series: dict[str, Series],
-    args: argparse.Namespace,
-    windows: Windows,
-    summary: dict[str, Any],
-    path: Path,
-) -> str | None:
-    try:
-        import matplotlib  # optional: `uv run --with matplotlib`
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is missing: run with `uv run --with matplotlib==3.11.2 ...`"
-    titles = {
-        "ingest": "Ingest: POST /api/events (202 only once durable)",
-        "reads": "Dashboard reads: GET /api/matches/{matchId}/metrics",
-    }
-    figure, axes = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True)
-    spike_start, spike_end = windows["spike"]
-    for ax, kind in zip(axes, KINDS, strict=True):
-        data = series[kind]
-        span = ax.axvspan(
-            spike_start,
-            spike_end,
-            color="tab:red",
-            alpha=0.12,
-            label=f"goal spike (x{args.spike_factor})",
-        )
-        (rate,) = ax.plot(
-            data.seconds,
-            data.rate,
-            color="tab:blue",
-            lw=1.6,
-            drawstyle="steps-pre",  # each value is the second that ends there
-            label="requests/s",
-        )
-        handles = [rate]
-        if any(data.failures):
-            (fail,) = ax.plot(
-                data.seconds,
-                data.failures,
-                color="tab:red",
-                lw=1.2,
-                drawstyle="steps-pre",
-                label="failed requests/s",
-            )
-            handles.append(fail)
-        ax.set_ylabel("requests/s", color="tab:blue")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        twin = ax.twinx()
-        (p99,) = twin.plot(
-            data.seconds,
-            [math.nan if v is None else v for v in data.p99],
-            color="tab:orange",
-            lw=1.4,
-            drawstyle="steps-pre",
-            label="p99 latency (per second)",
-        )
-        (p50,) = twin.plot(
-            data.seconds,
-            [math.nan if v is None else v for v in data.p50],
-            color="tab:orange",
-            lw=1.0,
-            ls="--",
-            drawstyle="steps-pre",
-            label="p50 latency (per second)",
-        )
-        twin.set_ylabel("latency (ms)", color="tab:orange")
-        twin.set_ylim(bottom=0)
-        ax.set_title(titles[kind], loc="left", fontsize=11)
-        ax.legend(handles=[*handles, p99, p50, span], loc="upper right", fontsize=8.5)
-    axes[-1].set_xlabel("seconds since the start of the load")
-    axes[-1].set_xlim(0, max(args.duration, windows["after"][1]))
-    target = "one uvicorn worker, embedded engine" if args.start_service else args.host
-    figure.suptitle(
-        f"Match-day load test: a goal lands at {args.spike_at:g} s and load x{args.spike_factor} "
-        f"for {args.spike_duration:g} s ({target}; locust {LOCUST_VERSION})",
-        fontsize=12,
-    )
-    loss = summary["zero_loss"]
-    figure.text(
-        0.01,
-        0.005,
-        f"zero loss: {loss['acknowledged']} events acknowledged, {loss['counted']} counted. "
-        "Latency as locust measured it (client side); requests/s include retries.",
-        fontsize=8.5,
-        color="dimgray",
-    )
-    figure.tight_layout(rect=(0, 0.02, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return None
 
 
 def exit_meaning(code: int | None) -> str:
@@ -779,11 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             producers["unresolved"],
             args.settle,
         )
-        stored = sum(
-            value
-            for (name, _), value in prometheus(args.host).items()
-            if name == "fanfinity_events_ingested_total"
-        )
+        stored = metric_total(scrape(args.host), "fanfinity_events_ingested_total")
     summary: dict[str, Any] = {
         "run_id": run_id,
         "host": args.host,

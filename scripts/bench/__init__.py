@@ -1,0 +1,1 @@
+"""The benchmarks: `python -m scripts.bench` (wrk) and `python -m scripts.bench.streams` (SSE)."""

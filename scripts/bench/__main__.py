@@ -1,0 +1,231 @@
+"""Benchmark: the service against a bare Litestar app on the same server settings, on loopback.
+
+Starts both with uvicorn (1 worker, uvloop, httptools), drives them with wrk, and prints for ingest,
+metric reads and reads during ingest: requests/s, p50/p99, errors and the service/bare ratio. Then
+checks zero loss (acknowledged <= stored == counted, at one settled moment), read latency against
+match size, and RSS.
+
+    make bench                       # defaults finish in about a minute
+    uv run python -m scripts.bench --duration 20 --connections 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from scripts.bench.wrk import WrkResult, id_prefix, mixed, run_wrk
+from scripts.bench.zero_loss import Reading, judge, wait_until_settled
+from scripts.helpers import (
+    counted_events,
+    free_port,
+    http_request,
+    metric_total,
+    rss_mib,
+    running_process,
+    scrape,
+)
+
+API_KEY = "bench-producer-key-0001"
+MATCHES = 20  # ingest.lua spreads its events over this many matches
+SIZES = (10, 10_000, 100_000)
+LOG_DIR = Path(tempfile.mkdtemp(prefix="fanfinity-bench-"))
+UVICORN_OPTIONS = [
+    *("--loop", "uvloop", "--http", "httptools", "--no-access-log"),
+    *("--log-level", "warning", "--workers", "1"),
+]
+
+
+def minute_timestamp(minute: int) -> str:
+    return f"2025-05-10T{18 + minute // 60:02d}:{minute % 60:02d}:00Z"
+
+
+def load_match(base: str, match_id: str, size: int) -> None:
+    """Post `size` events for one match through the batch endpoint, spread over 120 minutes."""
+    sent = 0
+    while sent < size:
+        chunk = min(500, size - sent)
+        events = [
+            {
+                "eventId": str(uuid.uuid4()),
+                "matchId": match_id,
+                "eventType": "corner",
+                "timestamp": minute_timestamp((sent + i) % 120),
+                "teamId": f"team-{(sent + i) % 2}",
+            }
+            for i in range(chunk)
+        ]
+        status, body = http_request(f"{base}/api/events/batch", events, API_KEY, timeout_s=30)
+        answer = json.loads(body) if body else None
+        if status != 202 or not isinstance(answer, dict) or answer.get("accepted") != chunk:
+            raise SystemExit(f"batch not fully accepted: {status} {body[:300]!r}")
+        sent += chunk
+
+
+def wait_for_total(base: str, match_ids: list[str], at_least: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and counted_events(base, match_ids) < at_least:
+        time.sleep(0.2)
+
+
+def run_match_ids(run_id: str) -> list[str]:
+    """Every match a run's wrk scripts post to: warm-up, ingest and ingest during reads."""
+    return [
+        f"bench-{prefix}{run_id}{suffix}-{match}"
+        for prefix, suffix in (("warm", ""), ("", ""), ("", "m"))
+        for match in range(MATCHES)
+    ]
+
+
+def zero_loss_check(base: str, run_id: str, acknowledged: int) -> str:
+    """acknowledged (wrk saw 202) <= stored (durable inserts) == counted (summaries)."""
+    match_ids = run_match_ids(run_id)
+
+    def read() -> Reading:
+        stored = metric_total(scrape(base), "fanfinity_events_ingested_total")
+        return Reading(stored=round(stored), counted=counted_events(base, match_ids))
+
+    verdict = judge(acknowledged, wait_until_settled(read))
+    return f"zero loss (stored and counted include the warm-up): {verdict.text}"
+
+
+def row(name: str, service: WrkResult, bare: WrkResult | None) -> str:
+    ratio = f"{service.requests_per_s / bare.requests_per_s:.2f}" if bare else "-"
+    bare_rate = f"{bare.requests_per_s:>9.0f}" if bare else f"{'-':>9}"
+    bare_lat = f"{bare.p50_ms:>6.2f}/{bare.p99_ms:<6.2f}" if bare else f"{'-':>13}"
+    return (
+        f"| {name:<26} | {service.requests_per_s:>9.0f} "
+        f"| {service.p50_ms:>6.2f}/{service.p99_ms:<6.2f}"
+        f" | {service.errors:>6} | {bare_rate} | {bare_lat} | {ratio:>5} |"
+    )
+
+
+def size_scaling(base: str, run_id: str, threads: int) -> list[str]:
+    lines = ["\nmetric reads against match size (64 connections, 5 s each):"]
+    baseline = None
+    for size in SIZES:
+        match_id = f"size-{run_id}-{size}"
+        load_match(base, match_id, size)
+        wait_for_total(base, [match_id], size, timeout_s=120)
+        result = run_wrk(base, "read.lua", [f"/api/matches/{match_id}/metrics"], 5, 64, threads)
+        baseline = baseline or result.p50_ms
+        lines.append(
+            f"  {size:>7} events: {result.requests_per_s:>7.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+            f"p99 {result.p99_ms:.2f} ms, errors {result.errors}, p50 vs 10 events "
+            f"{result.p50_ms / baseline:.2f}x"
+        )
+    return lines
+
+
+def platform_summary() -> str:
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return f"{model}, Python {sys.version.split()[0]}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1 leaves a core)")
+    parser.add_argument("--skip-sizes", action="store_true", help="skip the 10/10^4/10^5 reads")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
+    run_id = uuid.uuid4().hex[:8]
+    base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    bare_port, service_port = free_port(), free_port()
+    bare_command = [
+        *(sys.executable, "-m", "uvicorn", "scripts.bench.bare_app:app"),
+        *("--port", str(bare_port), *UVICORN_OPTIONS),
+    ]
+    service_env = {
+        **base_env,
+        "FANFINITY_PORT": str(service_port),
+        "FANFINITY_API_KEYS": API_KEY,
+        "FANFINITY_MONGODB_URL": "memory://",
+    }
+    service_command = [sys.executable, "-m", "fanfinity", "serve"]
+    duration, connections, threads = args.duration, args.connections, args.threads
+    bare_url, service_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{service_port}"
+    read_path = f"/api/matches/bench-{run_id}-1/metrics"
+    results: dict[str, tuple[WrkResult, WrkResult | None]] = {}
+
+    def ingest_args(run: str) -> list[str]:
+        return [run, API_KEY, id_prefix()]
+
+    print(f"machine: {os.cpu_count()} cores, {platform_summary()}")
+    print(f"wrk: {threads} thread(s), {connections} connections, {duration:g}s per run")
+    print(f"server logs: {LOG_DIR}\n")
+    bare_ready = f"{bare_url}/api/matches/m-1/metrics"
+    with running_process(bare_command, base_env, bare_ready, LOG_DIR / "bare.log"):
+        run_wrk(bare_url, "ingest.lua", ingest_args("warm"), 2, connections, threads)
+        bare_ingest = run_wrk(
+            bare_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
+        )
+        bare_read = run_wrk(bare_url, "read.lua", [read_path], duration, connections, threads)
+        _, bare_mixed_read = mixed(
+            bare_url, ingest_args(run_id + "x"), read_path, duration, connections, threads
+        )
+
+    service_ready = f"{service_url}/health/ready"
+    with running_process(
+        service_command, service_env, service_ready, LOG_DIR / "service.log"
+    ) as process:
+        rss_start = rss_mib(process.pid)
+        run_wrk(service_url, "ingest.lua", ingest_args("warm" + run_id), 2, connections, threads)
+        service_ingest = run_wrk(
+            service_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
+        )
+        wait_for_total(service_url, run_match_ids(run_id), service_ingest.ok, timeout_s=60)
+        service_read = run_wrk(service_url, "read.lua", [read_path], duration, connections, threads)
+        mixed_ingest, service_mixed_read = mixed(
+            service_url, ingest_args(run_id + "m"), read_path, duration, connections, threads
+        )
+        rss_after_load = rss_mib(process.pid)
+        loss = zero_loss_check(service_url, run_id, service_ingest.ok + mixed_ingest.ok)
+        size_rows = [] if args.skip_sizes else size_scaling(service_url, run_id, threads)
+        rss_end = rss_mib(process.pid)
+
+    results["ingest POST /api/events"] = (service_ingest, bare_ingest)
+    results["read GET .../metrics"] = (service_read, bare_read)
+    results["read during ingest"] = (service_mixed_read, bare_mixed_read)
+    results["ingest during reads"] = (mixed_ingest, None)
+    print(
+        "| run                        | service/s | p50/p99 ms    | errors "
+        "|    bare/s | bare p50/p99  | ratio |"
+    )
+    print(
+        "|----------------------------|-----------|---------------|--------|-----------|---------------|-------|"
+    )
+    for name, (service, bare) in results.items():
+        print(row(name, service, bare))
+    print()
+    print(loss)
+    for line in size_rows:
+        print(line)
+    print(
+        f"\nservice RSS: {rss_start:.0f} MiB at start, "
+        f"{rss_after_load:.0f} MiB after the load runs, "
+        f"{rss_end:.0f} MiB at the end (the embedded engine keeps every event in memory)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
