@@ -222,7 +222,10 @@ def service(args: argparse.Namespace) -> Iterator[str]:
         "FANFINITY_PORT": str(port),
         "FANFINITY_API_KEYS": API_KEY,
         "FANFINITY_MONGODB_URL": "memory://",
-        "FANFINITY_STREAM_MAX_SUBSCRIBERS": str(max(20_000, args.subscribers)),
+        # Derived from the connection budget (18,000 with 20,000 open files), and no per-address
+        # cap: this one load client plays every fan, from 32 source addresses.
+        "FANFINITY_STREAM_MAX_SUBSCRIBERS": "0",
+        "FANFINITY_STREAM_MAX_PER_CLIENT": "0",
     }
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "fanfinity", "serve"]
