@@ -248,6 +248,7 @@ SETTINGS = {
     "FANFINITY_CORS_ORIGINS": "", "FANFINITY_RATE_LIMIT_PER_S": "20000",
     "FANFINITY_RATE_LIMIT_BURST": "40000", "FANFINITY_STREAM_INTERVAL_MS": "500",
     "FANFINITY_STREAM_MAX_SUBSCRIBERS": "20000",
+    "FANFINITY_MAX_TEAMS_PER_MATCH": "8", "FANFINITY_MAX_MINUTES_PER_MATCH": "720",
 }
 OVERRIDDEN = {"FANFINITY_API_KEYS": "local-dev-producer-key"}
 METRICS = {
@@ -259,6 +260,7 @@ METRICS = {
     "fanfinity_aggregator_batch_size": "histogram",
     # Exported by the app beyond the contract list (src/fanfinity/metrics.py).
     "fanfinity_ingest_queue_depth": "gauge",
+    "fanfinity_summary_overflow_events_total": "counter",
 }
 
 # ---- .env.example: every setting once, with its default and a comment line above it.

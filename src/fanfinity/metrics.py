@@ -113,3 +113,18 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+SUMMARY_OVERFLOW = Counter(
+    "fanfinity_summary_overflow_events_total",
+    "Events counted in a match's overflow instead of under their team or minute (bounds reached).",
+    ["dimension"],
+)
+
+
+def count_overflow(teams: int, minutes: int) -> None:
+    """Count events a committed batch put in overflow, by dimension (team or minute)."""
+    if teams:
+        SUMMARY_OVERFLOW.labels("team").inc(teams)
+    if minutes:
+        SUMMARY_OVERFLOW.labels("minute").inc(minutes)
