@@ -41,6 +41,7 @@ pytestmark = pytest.mark.skipif(
 )
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "dashboard.png"
 MATCH = "alhilal-vs-alnassr-demo"
+EN_DASH = "\u2013"  # the scoreline's separator
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def test_deep_link_shows_score_clock_and_a_goal_arriving_live(
     wait = WebDriverWait(browser, 10)
     wait.until(lambda b: shown(b, "total-events") == "7")
     assert shown(browser, "match-title") == MATCH
-    assert shown(browser, "scoreline") == "al-hilal 1 – 1 al-nassr"
+    assert shown(browser, "scoreline") == f"al-hilal 1 {EN_DASH} 1 al-nassr"
     assert shown(browser, "clock") in {"43'", "44'"}
     assert shown(browser, "status") == "live"
     wait.until(lambda b: "7 events" in sidebar_entry(b, MATCH))
@@ -154,7 +155,7 @@ def test_deep_link_shows_score_clock_and_a_goal_arriving_live(
     assert "8' · 2 events" in peaks  # the goal and the card 7:10 after kick-off
 
     post(live_server, "goal", kick_off + timedelta(minutes=42), "al-nassr")
-    wait.until(lambda b: shown(b, "scoreline") == "al-hilal 1 – 2 al-nassr")
+    wait.until(lambda b: shown(b, "scoreline") == f"al-hilal 1 {EN_DASH} 2 al-nassr")
     assert shown(browser, "total-events") == "8"
 
     browser.find_element(By.CSS_SELECTOR, '#match-list button[data-match-id="ittihad-vs-ahli"]')
