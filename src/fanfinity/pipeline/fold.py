@@ -102,7 +102,10 @@ def minute_key(moment: datetime) -> str:
 
 
 def minute_from_key(key: str) -> datetime:
-    return datetime.strptime(key, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC)
+    """Parse ``YYYY-MM-DDTHH:MM`` by position: strptime made a 720-minute read take 12 ms."""
+    return datetime(
+        int(key[0:4]), int(key[5:7]), int(key[8:10]), int(key[11:13]), int(key[14:16]), tzinfo=UTC
+    )
 
 
 @dataclass(slots=True)
