@@ -124,6 +124,7 @@ async def _rebuild(settings: Settings, match_id: str | None) -> int:
     from datetime import timedelta
 
     from fanfinity.pipeline.aggregator import Aggregator
+    from fanfinity.pipeline.fold import SummaryBounds
     from fanfinity.storage.engine import open_engine
 
     engine = await open_engine(settings)
@@ -133,6 +134,7 @@ async def _rebuild(settings: Settings, match_id: str | None) -> int:
             batch_size=settings.aggregator_batch_size,
             stall_after_s=settings.aggregator_stall_s,
             active_window=timedelta(minutes=settings.active_window_min),
+            bounds=SummaryBounds(settings.max_teams_per_match, settings.max_minutes_per_match),
         )
         report = await aggregator.rebuild(match_id)
     finally:

@@ -16,6 +16,8 @@ T = TypeVar("T")
 
 EMBEDDED_SCHEME = "memory://"
 LOCAL_DEVELOPMENT_KEY = "local-dev-producer-key"  # what `make run`, .env.example and scripts use
+# The largest bounds that keep any match's metrics body under 64 KiB (see test_fold_football).
+MAX_TEAMS_LIMIT, MAX_MINUTES_LIMIT = 32, 750
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -50,6 +52,8 @@ class Settings:
     aggregator_batch_size: int = 1_000
     aggregator_stall_s: float = 30.0
     metrics_cache_ms: float = 250.0
+    max_teams_per_match: int = 8
+    max_minutes_per_match: int = 720
     active_window_min: float = 10.0
     shutdown_grace_s: float = 10.0
     cors_origins: tuple[str, ...] = ()
@@ -122,6 +126,16 @@ class Settings:
             ),
             metrics_cache_ms=reader.get(
                 "FANFINITY_METRICS_CACHE_MS", _float_between(0, 5_000), defaults.metrics_cache_ms
+            ),
+            max_teams_per_match=reader.get(
+                "FANFINITY_MAX_TEAMS_PER_MATCH",
+                _int_between(2, MAX_TEAMS_LIMIT),
+                defaults.max_teams_per_match,
+            ),
+            max_minutes_per_match=reader.get(
+                "FANFINITY_MAX_MINUTES_PER_MATCH",
+                _int_between(60, MAX_MINUTES_LIMIT),
+                defaults.max_minutes_per_match,
             ),
             active_window_min=reader.get(
                 "FANFINITY_ACTIVE_WINDOW_MIN",

@@ -176,3 +176,18 @@ class _WithoutFileDescriptors:
         for family in self._registry.collect():
             if family.name not in HIDDEN_WITHOUT_KEY:
                 yield family
+
+
+SUMMARY_OVERFLOW = Counter(
+    "fanfinity_summary_overflow_events_total",
+    "Events counted in a match's overflow instead of under their team or minute (bounds reached).",
+    ["dimension"],
+)
+
+
+def count_overflow(teams: int, minutes: int) -> None:
+    """Count events a committed batch put in overflow, by dimension (team or minute)."""
+    if teams:
+        SUMMARY_OVERFLOW.labels("team").inc(teams)
+    if minutes:
+        SUMMARY_OVERFLOW.labels("minute").inc(minutes)

@@ -147,17 +147,51 @@ class ValidEvent(msgspec.Struct, frozen=True):
     fingerprint: str
 
 
-class MinuteEvents(msgspec.Struct):
-    minute: datetime
+MatchMinute = Annotated[
+    int | None,
+    msgspec.Meta(
+        description=(
+            "Football's minute since kick-off: an event 42:05 after kick-off is in the 43rd. A "
+            "wall-clock minute is labelled with the match minute holding most of it (exact when "
+            "the kick-off is on a whole minute). The clock runs on through half-time (there is no "
+            "half-time event). Null before the kick-off and while no match_start is counted."
+        ),
+        examples=[43],
+    ),
+]
+
+
+class MinuteEvents(msgspec.Struct, rename="camel"):
+    """Events of one wall-clock minute (UTC, by the events' own timestamps)."""
+
+    minute: Annotated[datetime, msgspec.Meta(examples=["2025-05-10T18:42:00Z"])]
+    match_minute: MatchMinute
     events: int
 
 
-class EngagementWindow(msgspec.Struct):
+class EngagementWindow(msgspec.Struct, rename="camel"):
     """The busiest contiguous 5-minute window; `end` is exclusive."""
 
     start: datetime
     end: datetime
+    match_minute: MatchMinute
+    last_match_minute: Annotated[
+        int | None, msgspec.Meta(description="Match minute of the window's last minute")
+    ]
     events: int
+
+
+class SummaryOverflow(msgspec.Struct):
+    """Events counted outside the bounded maps of the summary (they are in totalEvents and
+    eventsByType). A match keeps at most FANFINITY_MAX_TEAMS_PER_MATCH teams (default 8) and
+    FANFINITY_MAX_MINUTES_PER_MATCH minutes (default 720), admitted first come by receipt time."""
+
+    teams: Annotated[
+        int, msgspec.Meta(description="Events of teams beyond the bound (not in eventsByTeam)")
+    ]
+    minutes: Annotated[
+        int, msgspec.Meta(description="Events of minutes beyond the bound (not in the series)")
+    ]
 
 
 class LatencyPercentiles(msgspec.Struct):
@@ -173,7 +207,28 @@ class MatchMetrics(msgspec.Struct, rename="camel"):
     """A match's engagement metrics, read from its summary document."""
 
     match_id: str
-    status: str
+    status: Annotated[str, msgspec.Meta(examples=["live"], description="scheduled, live or ended")]
+    kickoff_at: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="Timestamp of the match_start event (the earliest, if several); null "
+            "until one is counted",
+            examples=["2025-05-10T18:00:00Z"],
+        ),
+    ]
+    score: Annotated[
+        dict[str, int],
+        msgspec.Meta(
+            description=(
+                "Goals per team. goal and penalty_goal count for their teamId. An own_goal's "
+                "teamId names the team whose player put the ball into his own net (the team that "
+                "conceded it); it counts for the other side. The sides are the two teams with "
+                "the most events; an own goal by another team, or before the other side has any "
+                "event, counts for no one. Both sides are listed, with 0 before they score."
+            ),
+            examples=[{"al-hilal": 2, "al-nassr": 1}],
+        ),
+    ]
     total_events: int
     events_by_type: dict[str, int]
     events_by_team: dict[str, int]
@@ -184,6 +239,7 @@ class MatchMetrics(msgspec.Struct, rename="camel"):
     events_per_minute: list[MinuteEvents]
     peak_engagement_periods: list[MinuteEvents]
     busiest_window: EngagementWindow | None
+    overflow: SummaryOverflow
     response_time_ms: LatencyPercentiles
     processing_lag_ms: LatencyPercentiles
 

@@ -10,7 +10,10 @@ from typing import Any
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from fanfinity.api.app import create_app
+from fanfinity.config import Settings
 from tests.api.test_ingest_api import assert_problem
+from tests.conftest import PRODUCER_KEY, with_settings
 
 DERBY = "derby-2025-05-10"
 FRIENDLY = "friendly-2025-05-11"
@@ -87,25 +90,30 @@ async def test_known_distribution_gives_exact_metrics(client: AsyncTestClient[Li
     assert derby["eventsByTeam"] == {"al-hilal": 5, "al-nassr": 3}
     assert derby["firstEventAt"] == "2025-05-10T18:00:05Z"
     assert derby["lastEventAt"] == "2025-05-10T19:50:00Z"
+    assert derby["kickoffAt"] == "2025-05-10T18:00:05Z"
+    assert derby["score"] == {"al-hilal": 2, "al-nassr": 1}
     assert derby["eventsPerMinute"] == [
-        {"minute": "2025-05-10T18:00:00Z", "events": 1},
-        {"minute": "2025-05-10T18:10:00Z", "events": 3},
-        {"minute": "2025-05-10T18:20:00Z", "events": 2},
-        {"minute": "2025-05-10T18:45:00Z", "events": 1},
-        {"minute": "2025-05-10T19:50:00Z", "events": 1},
+        {"minute": "2025-05-10T18:00:00Z", "matchMinute": 1, "events": 1},
+        {"minute": "2025-05-10T18:10:00Z", "matchMinute": 11, "events": 3},
+        {"minute": "2025-05-10T18:20:00Z", "matchMinute": 21, "events": 2},
+        {"minute": "2025-05-10T18:45:00Z", "matchMinute": 46, "events": 1},
+        {"minute": "2025-05-10T19:50:00Z", "matchMinute": 111, "events": 1},
     ]
-    assert derby["peakEngagementPeriods"] == [
-        {"minute": "2025-05-10T18:10:00Z", "events": 3},
-        {"minute": "2025-05-10T18:20:00Z", "events": 2},
-        {"minute": "2025-05-10T18:00:00Z", "events": 1},
-        {"minute": "2025-05-10T18:45:00Z", "events": 1},
-        {"minute": "2025-05-10T19:50:00Z", "events": 1},
+    assert [(p["minute"][11:16], p["matchMinute"]) for p in derby["peakEngagementPeriods"]] == [
+        ("18:10", 11),
+        ("18:20", 21),
+        ("18:00", 1),
+        ("18:45", 46),
+        ("19:50", 111),
     ]
     assert derby["busiestWindow"] == {
         "start": "2025-05-10T18:10:00Z",
         "end": "2025-05-10T18:15:00Z",
+        "matchMinute": 11,
+        "lastMatchMinute": 15,
         "events": 3,
     }
+    assert derby["overflow"] == {"teams": 0, "minutes": 0}
     response_time = derby["responseTimeMs"]
     assert 0 < response_time["p50"] <= response_time["p95"] <= response_time["p99"]
     assert derby["processingLagMs"]["samples"] == 8
@@ -182,3 +190,66 @@ async def test_health_and_openapi(client: AsyncTestClient[Litestar]) -> None:
     metrics = schema["paths"]["/api/matches/{match_id}/metrics"]["get"]
     assert {"200", "404"} <= set(metrics["responses"])
     assert (await client.get("/schema/swagger")).status_code == 200
+
+
+async def test_metrics_carry_an_etag_and_answer_304_while_it_is_current(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    await post_all(client, FRIENDLY_EVENTS)
+    await wait_for_metrics(client, FRIENDLY, total=4, samples=4)
+    path = f"/api/matches/{FRIENDLY}/metrics"
+    first = await client.get(path)
+    etag = first.headers["etag"]
+    assert etag.startswith('W/"')
+    assert first.headers["cache-control"] == "public, max-age=1, stale-while-revalidate=5"
+
+    again = await client.get(path)  # recomputed (no cache in tests): same summary, same tag
+    assert again.headers["etag"] == etag
+
+    not_modified = await client.get(path, headers={"If-None-Match": etag})
+    assert not_modified.status_code == 304
+    assert not_modified.content == b""
+    assert not_modified.headers["etag"] == etag
+    assert "max-age=1" in not_modified.headers["cache-control"]
+    listed = await client.get(path, headers={"If-None-Match": f'W/"other", {etag}'})
+    assert listed.status_code == 304
+    assert (await client.get(path, headers={"If-None-Match": 'W/"stale"'})).status_code == 200
+
+    await post_all(client, [event(FRIENDLY, "goal", "team-a", "2025-05-11T12:05:00Z")])
+    await wait_for_metrics(client, FRIENDLY, total=5, samples=5)
+    changed = await client.get(path, headers={"If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.headers["etag"] != etag
+    assert changed.json()["score"] == {"team-a": 1}
+
+
+async def test_metrics_behind_read_keys_are_not_shared_by_caches(settings: Settings) -> None:
+    app = create_app(with_settings(settings, read_api_keys=frozenset({"reader-key-000001"})))
+    async with AsyncTestClient(app=app) as keyed:
+        keyed.headers["X-API-Key"] = "reader-key-000001"
+        producer = {"X-API-Key": PRODUCER_KEY}
+        for item in FRIENDLY_EVENTS:
+            assert (await keyed.post("/api/events", json=item, headers=producer)).status_code == 202
+        await wait_for_metrics(keyed, FRIENDLY, total=4, samples=4)
+        response = await keyed.get(f"/api/matches/{FRIENDLY}/metrics")
+        assert response.headers["cache-control"] == "private, max-age=1"
+
+
+async def test_openapi_documents_the_conditional_read_and_the_stream_events(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    read = schema["paths"]["/api/matches/{match_id}/metrics"]["get"]
+    assert "304" in read["responses"]
+    assert {"ETag", "Cache-Control"} <= set(read["responses"]["200"]["headers"])
+    assert any(p["name"] == "If-None-Match" for p in read["parameters"])
+    metrics_schema = schema["components"]["schemas"]["MatchMetrics"]["properties"]
+    assert "own_goal" in metrics_schema["score"]["description"]
+    assert {"kickoffAt", "score", "overflow"} <= set(metrics_schema)
+
+    stream = schema["paths"]["/api/matches/{match_id}/metrics/stream"]["get"]
+    event_schema = stream["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    metrics_event = event_schema["oneOf"][0]["properties"]
+    assert metrics_event["event"] == {"const": "metrics"}
+    assert metrics_event["data"]["contentMediaType"] == "application/json"
+    assert metrics_event["data"]["contentSchema"] == {"$ref": "#/components/schemas/MatchMetrics"}

@@ -49,6 +49,7 @@ VOLATILE_HEADERS = {
     "date",
     "x-request-id",
     "content-length",
+    "etag",  # a hash of the body, whose asOf is this run's
     "ratelimit-remaining",
     "ratelimit-reset",
 }

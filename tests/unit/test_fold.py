@@ -170,8 +170,10 @@ def test_update_document_uses_only_commutative_operators() -> None:
     assert update["$inc"]["byTeam.al-nassr"] == 1
     assert update["$inc"]["perMinute.2025-05-10T19:00"] == 1
     assert update["$inc"]["perMinute.2025-05-10T19:42"] == 2
+    assert update["$inc"]["goals.al-hilal"] == 1
+    assert update["$inc"]["goals.al-nassr"] == 1
     assert sum(v for k, v in update["$inc"].items() if k.startswith("processingLag.")) == 3
-    assert update["$min"] == {"firstEventAt": KICK_OFF}
+    assert update["$min"] == {"firstEventAt": KICK_OFF, "kickoffAt": KICK_OFF}
     assert update["$max"]["lastEventAt"] == KICK_OFF + timedelta(minutes=42, seconds=30)
     assert update["$max"]["statusRank"] == 1
     assert update["$max"]["updatedAt"] == applied_at
@@ -397,9 +399,13 @@ def test_rebuild_rows_merge_into_one_summary_per_match() -> None:
             "total": 4,
             "byType": {"match_end": 1, "goal": 3},
             "byTeam": {"home": 1, "away": 3},
+            "goals": {"away": 3},
+            "ownGoals": {},
             "perMinute": {"2025-05-10T20:37": 1, "2025-05-10T19:12": 3},
+            "overflow": {"teams": 0, "minutes": 0},
             "firstEventAt": datetime(2025, 5, 10, 19, 12, 5, tzinfo=UTC),
             "lastEventAt": datetime(2025, 5, 10, 20, 37, 1, tzinfo=UTC),
+            "kickoffAt": None,
             "statusRank": 2,
         }
     }

@@ -63,7 +63,9 @@ def derby_summary() -> dict[str, Any]:
             "2025-05-10T19:09": 7,
             "2025-05-10T19:30": 0,
         },
+        "goals": {"al-hilal": 2, "al-nassr": 1},
         "firstEventAt": datetime(2025, 5, 10, 19, 0, 3),  # naive UTC, as MongoDB returns it
+        "kickoffAt": datetime(2025, 5, 10, 19, 0, 3),
         "lastEventAt": datetime(2025, 5, 10, 19, 10, 41),
         "statusRank": 1,
         "ingestLatency": {"b40": 90, "b60": 5, "b80": 5},
@@ -151,7 +153,13 @@ def test_metrics_encode_with_camel_case_names() -> None:
 
     assert body["matchId"] == "alhilal-vs-alnassr"
     assert body["totalEvents"] == 31
-    assert body["eventsPerMinute"][0] == {"minute": "2025-05-10T19:00:00Z", "events": 2}
+    assert body["eventsPerMinute"][0] == {
+        "minute": "2025-05-10T19:00:00Z",
+        "matchMinute": 1,
+        "events": 2,
+    }
+    assert body["kickoffAt"] == "2025-05-10T19:00:03Z"
+    assert body["score"] == {"al-hilal": 2, "al-nassr": 1}
     assert body["responseTimeMs"]["samples"] == 100
 
 

@@ -34,6 +34,7 @@ from fanfinity.api.protocol import stream_slots
 from fanfinity.api.ratelimit import ProducerRateLimiter, TokenBucketLimiter
 from fanfinity.config import Settings
 from fanfinity.pipeline.aggregator import Aggregator
+from fanfinity.pipeline.fold import SummaryBounds
 from fanfinity.pipeline.ingest import IngestBatcher, IngestLatencyRecorder
 from fanfinity.pipeline.reads import MatchMetricsReader
 from fanfinity.pipeline.streams import StreamHub
@@ -168,6 +169,7 @@ async def _run_services(
             active_window=timedelta(minutes=settings.active_window_min),
             tracer=tracer,
             on_applied=streams.nudge,
+            bounds=SummaryBounds(settings.max_teams_per_match, settings.max_minutes_per_match),
         )
         if run_aggregator
         else None

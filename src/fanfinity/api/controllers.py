@@ -19,6 +19,7 @@ from litestar.response import Stream
 
 from fanfinity.api.access import Access, route_access
 from fanfinity.api.match_list import cached_match_list
+from fanfinity.api.metrics_docs import MetricsReadOperation, MetricsStreamOperation
 from fanfinity.api.openapi import batch_body_schema, event_body_schema, operation_with_json_body
 from fanfinity.api.problems import Problem
 from fanfinity.api.ratelimit import request_cost
@@ -217,8 +218,14 @@ class MatchController(Controller):
             "Served from the match's summary document through a per-replica cache of "
             "FANFINITY_METRICS_CACHE_MS; `asOf` says when the summary last changed, `generatedAt` "
             "when this body was computed. Percentiles come from log-scale buckets and are within "
-            "9.1% of the exact value."
+            "9.1% of the exact value. Conditional: send the ETag back in If-None-Match for a 304 "
+            "without a body; Cache-Control lets a CDN share the body for a second. Bounded: a "
+            "match keeps at most FANFINITY_MAX_TEAMS_PER_MATCH teams (8) and "
+            "FANFINITY_MAX_MINUTES_PER_MATCH minutes (720), admitted first come by receipt time; "
+            "the events of further teams or minutes are in totalEvents, eventsByType and "
+            "`overflow`, so the body stays under 64 KiB."
         ),
+        operation_class=MetricsReadOperation,
         responses={
             200: ResponseSpec(data_container=MatchMetrics),
             404: _problem("No events counted for this match (or not a valid match id)"),
@@ -228,8 +235,11 @@ class MatchController(Controller):
         self, request: Request[Any, Any, Any], match_id: FromPath[str]
     ) -> Response[bytes]:
         services = readable_match(request, match_id)
-        body = await services.reader.encoded(match_id)
-        return Response(content=body, media_type=JSON, headers={"Cache-Control": "no-cache"})
+        snapshot = await services.reader.snapshot(match_id)
+        headers = snapshot.response_headers(shared=not services.settings.read_api_keys)
+        if snapshot.not_modified(request.headers.get("if-none-match")):
+            return Response(content=b"", status_code=304, headers=headers)
+        return Response(content=snapshot.body, media_type=JSON, headers=headers)
 
     @get(
         "/{match_id:str}/metrics/stream",
@@ -243,6 +253,7 @@ class MatchController(Controller):
             "dropped. The cost is one summary read per match per interval, whatever the number of "
             "subscribers."
         ),
+        operation_class=MetricsStreamOperation,
         responses={
             200: ResponseSpec(
                 data_container=str, media_type="text/event-stream", description="SSE stream"

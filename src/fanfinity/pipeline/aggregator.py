@@ -22,8 +22,12 @@ from opentelemetry.trace import Tracer
 
 from fanfinity import metrics
 from fanfinity.pipeline.fold import (
+    SummaryBounds,
+    SummaryIncrement,
     as_utc,
+    bound_increments,
     fold_events,
+    overflowed,
     rebuild_pipeline,
     summaries_from_rebuild_rows,
 )
@@ -61,6 +65,7 @@ class Aggregator:
         active_window: timedelta,
         tracer: Tracer | None = None,
         on_applied: Callable[[Collection[str]], None] | None = None,
+        bounds: SummaryBounds | None = None,
     ) -> None:
         self._engine = engine
         self._batch_size = batch_size
@@ -69,6 +74,7 @@ class Aggregator:
         self._tracer = tracer
         # Told which matches a committed batch changed (the live streams of this process).
         self._on_applied = on_applied
+        self._bounds = bounds or SummaryBounds()
         self._stopping = asyncio.Event()
         self._running = False
         self._last_progress = time.monotonic()
@@ -155,12 +161,15 @@ class Aggregator:
     ) -> int:
         applied_at = datetime.now(UTC)
         increments = fold_events(events, applied_at)
+        bounded: list[SummaryIncrement] = []  # what the last (committed) attempt applied
 
         async def work(session: Any) -> int:
             new_generation = await self._engine.checkpoints.advance(
                 generation, position, applied_at, session
             )
-            await self._engine.summaries.apply(increments.values(), applied_at, session)
+            admitted = await self._engine.summaries.admitted_keys(increments, session)
+            bounded[:] = bound_increments(increments.values(), admitted, self._bounds)
+            await self._engine.summaries.apply(bounded, applied_at, session)
             return new_generation
 
         if self._tracer is None:
@@ -169,6 +178,7 @@ class Aggregator:
             with commit_span(self._tracer, len(events), len(increments), generation):
                 new_generation = await self._engine.unit_of_work.run(work)
         self._last_checkpoint_write = time.monotonic()
+        metrics.count_overflow(*overflowed(bounded))
         if events:
             oldest = min(as_utc(event["receivedAt"]) for event in events)
             metrics.AGGREGATOR_LAG.set(max(0.0, (applied_at - oldest).total_seconds()))
@@ -188,7 +198,7 @@ class Aggregator:
         that match has nothing in flight (for example after it ended).
         """
         rows, position = await self._engine.feed.snapshot(rebuild_pipeline(match_id))
-        summaries = summaries_from_rebuild_rows(rows)
+        summaries = summaries_from_rebuild_rows(rows, self._bounds)
         rebuilt_at = datetime.now(UTC)
         checkpoint = await self._engine.checkpoints.load()
         generation = None if checkpoint is None else int(checkpoint["generation"])

@@ -2,28 +2,34 @@
 
 The cache holds the encoded response per match for `ttl_s` (a few hundred ms) and lets concurrent
 misses share one database read, so a goal spike of readers costs one read per match per interval
-on each replica, whatever the number of readers.
+on each replica, whatever the number of readers. Each cached body carries its entity tag, so a
+conditional read (`If-None-Match`) is answered 304 from the same entry, and the `Cache-Control`
+lets a CDN in front serve one body per second to every fan of the match.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
 from fanfinity.errors import MatchNotFound
 from fanfinity.pipeline.fold import (
+    MinuteCount,
     busiest_window,
+    match_minute,
     name_from_field_key,
     optional_utc,
     peak_minutes,
     per_minute_series,
     percentiles,
+    score,
     status_name,
 )
 from fanfinity.schemas import (
@@ -31,38 +37,94 @@ from fanfinity.schemas import (
     LatencyPercentiles,
     MatchMetrics,
     MinuteEvents,
+    SummaryOverflow,
 )
 from fanfinity.storage.repositories import SummaryRepository
 
 MAX_CACHED_MATCHES = 10_000
+# A shared cache (CDN) may keep a body for a second and serve it stale for a few more while it
+# revalidates in the background: one origin request per match per second per edge, whatever the
+# number of fans. With read keys the body is per client: only the browser may keep it.
+SHARED_CACHE_CONTROL = "public, max-age=1, stale-while-revalidate=5"
+PRIVATE_CACHE_CONTROL = "private, max-age=1"
+_TAG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def match_metrics(summary: Mapping[str, Any], generated_at: datetime) -> MatchMetrics:
-    """Build the metrics response from a summary document (pure)."""
+    """Build the metrics response from a summary document (pure).
+
+    Match minutes are computed here from the stored wall-clock minutes and the kick-off, so the
+    body does not depend on whether match_start was counted before or after the other events.
+    """
+    kickoff_at = optional_utc(summary.get("kickoffAt"))
     series = per_minute_series(summary.get("perMinute") or {})
     window = busiest_window(series)
+    by_team = dict(summary.get("byTeam") or {})
+    overflow = summary.get("overflow") or {}
+
+    def minute_events(item: MinuteCount) -> MinuteEvents:
+        return MinuteEvents(item.minute, match_minute(item.minute, kickoff_at), item.events)
+
     return MatchMetrics(
         match_id=str(summary["_id"]),
         status=status_name(int(summary.get("statusRank", 0))),
+        kickoff_at=kickoff_at,
+        score={
+            name_from_field_key(key): goals
+            for key, goals in score(
+                by_team, summary.get("goals") or {}, summary.get("ownGoals") or {}
+            ).items()
+        },
         total_events=int(summary.get("total", 0)),
         events_by_type=dict(summary.get("byType") or {}),
-        events_by_team={
-            name_from_field_key(key): count for key, count in (summary.get("byTeam") or {}).items()
-        },
+        events_by_team={name_from_field_key(key): count for key, count in by_team.items()},
         first_event_at=optional_utc(summary.get("firstEventAt")),
         last_event_at=optional_utc(summary.get("lastEventAt")),
         as_of=optional_utc(summary.get("updatedAt")),
         generated_at=generated_at,
-        events_per_minute=[MinuteEvents(item.minute, item.events) for item in series],
-        peak_engagement_periods=[
-            MinuteEvents(item.minute, item.events) for item in peak_minutes(series)
-        ],
+        events_per_minute=[minute_events(item) for item in series],
+        peak_engagement_periods=[minute_events(item) for item in peak_minutes(series)],
         busiest_window=(
-            EngagementWindow(window.start, window.end, window.events) if window else None
+            EngagementWindow(
+                window.start,
+                window.end,
+                match_minute(window.start, kickoff_at),
+                match_minute(window.end - timedelta(minutes=1), kickoff_at),
+                window.events,
+            )
+            if window
+            else None
+        ),
+        overflow=SummaryOverflow(
+            teams=int(overflow.get("teams", 0)), minutes=int(overflow.get("minutes", 0))
         ),
         response_time_ms=latency_percentiles(summary.get("ingestLatency") or {}),
         processing_lag_ms=latency_percentiles(summary.get("processingLag") or {}),
     )
+
+
+def encode_metrics(metrics: MatchMetrics) -> bytes:
+    """The JSON body; maps in key order, so equal metrics always encode to equal bytes."""
+    return msgspec.json.encode(metrics, order="deterministic")
+
+
+def entity_tag(metrics: MatchMetrics) -> str:
+    """A weak ETag of everything in the body but `generatedAt`: it changes exactly when the
+    summary behind the body changes (weak, because two 200s with one tag differ in that stamp)."""
+    stable = encode_metrics(msgspec.structs.replace(metrics, generated_at=_TAG_EPOCH))
+    return f'W/"{hashlib.blake2b(stable, digest_size=12).hexdigest()}"'
+
+
+def tag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: weak comparison against each listed tag, or `*`."""
+    if not if_none_match:
+        return False
+    wanted = etag.removeprefix("W/")
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == wanted:
+            return True
+    return False
 
 
 def latency_percentiles(histogram: Mapping[str, int]) -> LatencyPercentiles:
@@ -74,11 +136,24 @@ def latency_percentiles(histogram: Mapping[str, int]) -> LatencyPercentiles:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
-    """An encoded metrics body plus what a stream needs to know without decoding it."""
+    """An encoded metrics body plus its entity tag (`version`) and whether the match ended."""
 
     body: bytes
     version: str
     ended: bool
+
+    @property
+    def etag(self) -> str:
+        return self.version
+
+    def not_modified(self, if_none_match: str | None) -> bool:
+        """True when the client already holds this body (answer 304 without it)."""
+        return tag_matches(if_none_match, self.version)
+
+    def response_headers(self, shared: bool) -> dict[str, str]:
+        """The validator and caching headers of a 200 or a 304 (`shared`: reads need no key)."""
+        cache_control = SHARED_CACHE_CONTROL if shared else PRIVATE_CACHE_CONTROL
+        return {"ETag": self.version, "Cache-Control": cache_control}
 
 
 class MatchMetricsReader:
@@ -129,9 +204,10 @@ class MatchMetricsReader:
         if summary is None or int(summary.get("total", 0)) <= 0:
             raise MatchNotFound(f"no events have been counted for match {match_id!r}")
         metrics = match_metrics(summary, datetime.now(UTC))
-        version = f"{metrics.as_of}|{metrics.total_events}|{metrics.response_time_ms.samples}"
         return MetricsSnapshot(
-            body=msgspec.json.encode(metrics), version=version, ended=metrics.status == "ended"
+            body=encode_metrics(metrics),
+            version=entity_tag(metrics),
+            ended=metrics.status == "ended",
         )
 
     def forget(self, match_id: str) -> None:

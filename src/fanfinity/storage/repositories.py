@@ -16,16 +16,20 @@ import bson
 import bson.errors
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from fanfinity.pipeline.fold import SummaryIncrement, ingest_latency_update
+from fanfinity.pipeline.fold import AdmittedKeys, SummaryIncrement, ingest_latency_update
 
 DUPLICATE_KEY = 11000
 EMPTY_COUNTS: dict[str, Any] = {
     "total": 0,
     "byType": {},
     "byTeam": {},
+    "goals": {},
+    "ownGoals": {},
     "perMinute": {},
+    "overflow": {"teams": 0, "minutes": 0},
     "firstEventAt": None,
     "lastEventAt": None,
+    "kickoffAt": None,
     "statusRank": 0,
 }
 
@@ -168,6 +172,23 @@ class SummaryRepository:
         document: dict[str, Any] | None = await self._collection.find_one({"_id": match_id})
         return document
 
+    async def admitted_keys(
+        self, match_ids: Iterable[str], session: Any = None
+    ) -> dict[str, AdmittedKeys]:
+        """The team and minute keys each match's summary already holds (for the fold's bounds)."""
+        cursor = self._collection.find(
+            {"_id": {"$in": list(match_ids)}},
+            projection={"byTeam": 1, "perMinute": 1},
+            session=session,
+        )
+        return {
+            document["_id"]: AdmittedKeys(
+                teams=frozenset(document.get("byTeam") or ()),
+                minutes=frozenset(document.get("perMinute") or ()),
+            )
+            async for document in cursor
+        }
+
     async def apply(
         self,
         increments: Iterable[SummaryIncrement],
@@ -193,14 +214,12 @@ class SummaryRepository:
         stale = {"_id": match_id} if match_id else {"_id": {"$nin": list(summaries)}}
         if match_id is None or match_id not in summaries:
             await self._collection.update_many(
-                stale,
-                {"$set": {**EMPTY_COUNTS, "updatedAt": rebuilt_at}},
-                session=session,
+                stale, _overwrite({**EMPTY_COUNTS, "updatedAt": rebuilt_at}), session=session
             )
         for summary_id, summary in summaries.items():
             await self._collection.update_one(
                 {"_id": summary_id},
-                {"$set": {**summary, "updatedAt": rebuilt_at}},
+                _overwrite({**summary, "updatedAt": rebuilt_at}),
                 upsert=True,
                 session=session,
             )
@@ -244,6 +263,16 @@ class SummaryRepository:
             }
         )
         return count
+
+
+def _overwrite(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """$set the fields, but $unset those that are None: the fold's later ``$min`` on a stored null
+    would keep the null (null sorts before dates in BSON comparison order; mongomock raises)."""
+    update: dict[str, Any] = {"$set": {k: v for k, v in fields.items() if v is not None}}
+    unset = {key: "" for key, value in fields.items() if value is None}
+    if unset:
+        update["$unset"] = unset
+    return update
 
 
 class CheckpointRepository:
