@@ -113,3 +113,10 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+EVENTS_PARKED = Counter(
+    "fanfinity_events_parked_total",
+    "Events parked in the dead-letter collection because the store refused their match's "
+    "summary update (replay with `fanfinity rebuild --match ID`).",
+)

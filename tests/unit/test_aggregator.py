@@ -195,18 +195,20 @@ async def test_redelivered_batch_with_a_stale_generation_is_refused_and_not_coun
     engine: Engine,
 ) -> None:
     aggregator = make_aggregator(engine)
-    await aggregator.rebuild()  # empty store: the first checkpoint, generation 1
+    await aggregator.rebuild()  # empty store: the first checkpoint
+    first = await engine.checkpoints.load()
+    assert first is not None
     batch = [stored_event("e1"), stored_event("e2")]
-    generation = await aggregator._commit(batch, {"sequence": 2}, 1)
+    generation = await aggregator._commit(batch, {"sequence": 2}, first["generation"])
 
     with pytest.raises(CheckpointConflict):
-        await aggregator._commit(batch, {"sequence": 2}, 1)
+        await aggregator._commit(batch, {"sequence": 2}, first["generation"])
 
-    assert generation == 2
+    assert generation == first["generation"] + 1
     assert await summary_total(engine) == 2
     checkpoint = await engine.checkpoints.load()
     assert checkpoint is not None
-    assert (checkpoint["generation"], checkpoint["position"]) == (2, {"sequence": 2})
+    assert (checkpoint["generation"], checkpoint["position"]) == (generation, {"sequence": 2})
 
 
 async def test_rebuild_recounts_a_summary_that_drifted(engine: Engine) -> None:
