@@ -27,7 +27,7 @@ from opentelemetry.trace import Tracer
 
 from fanfinity import metrics
 from fanfinity.pipeline.fold import as_utc, fold_events
-from fanfinity.pipeline.rebuild import RebuildReport, rebuild_all, rebuild_match
+from fanfinity.pipeline.rebuild import RebuildReport, new_rebuild_id, rebuild_all, rebuild_match
 from fanfinity.storage.engine import Engine
 from fanfinity.storage.feeds import ChangeBatch, HistoryLost, Position, describe_position
 from fanfinity.storage.repositories import CheckpointConflict, SummaryRefused
@@ -98,6 +98,7 @@ class Aggregator:
         self._rebuild_lease_s = rebuild_lease_s
         self._backoff = backoff or Backoff()
         self._parked_logged: set[str] = set()
+        self._own_rebuilds: set[str] = set()  # markers this copy left: never wait for them
         self._last_progress = time.monotonic()
         self._last_checkpoint_write = time.monotonic()
         self.events_processed = 0
@@ -175,7 +176,7 @@ class Aggregator:
 
     def _rebuilding_elsewhere(self, checkpoint: Mapping[str, Any]) -> bool:
         marker = checkpoint.get("rebuilding")
-        if not marker:
+        if not marker or marker.get("id") in self._own_rebuilds:
             return False
         age = datetime.now(UTC) - as_utc(marker["touchedAt"])
         return age.total_seconds() < self._rebuild_lease_s
@@ -284,7 +285,9 @@ class Aggregator:
         events: it is exact when that match has nothing in flight (for example after it ended).
         """
         if match_id is None:
-            report = await rebuild_all(self._engine)
+            rebuild_id = new_rebuild_id()
+            self._own_rebuilds.add(rebuild_id)
+            report = await rebuild_all(self._engine, rebuild_id=rebuild_id)
         else:
             report = await rebuild_match(self._engine, match_id)
         copied = await self._engine.match_events.backfill(self._engine.events, match_id)

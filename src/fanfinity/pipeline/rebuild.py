@@ -57,9 +57,15 @@ def chunk_pipeline(match_ids: Sequence[str]) -> list[dict[str, Any]]:
     return [{"$match": {"matchId": {"$in": list(match_ids)}}}, *grouping]
 
 
-async def rebuild_all(engine: Engine, chunk_size: int = MATCH_CHUNK) -> RebuildReport:
+def new_rebuild_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def rebuild_all(
+    engine: Engine, chunk_size: int = MATCH_CHUNK, rebuild_id: str | None = None
+) -> RebuildReport:
     """Recount every summary at one point in time and move the checkpoint there."""
-    rebuild_id = uuid.uuid4().hex
+    rebuild_id = rebuild_id or new_rebuild_id()
     async with engine.feed.snapshot_reader() as snapshot:
         checkpoint = await engine.checkpoints.load()
         generation = None if checkpoint is None else int(checkpoint["generation"])
