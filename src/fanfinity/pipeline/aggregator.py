@@ -315,4 +315,5 @@ class Aggregator:
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: see InProcessChangeFeed
+                await self._stopping.wait()
