@@ -1,6 +1,6 @@
 """Time and peak memory of a full rebuild on the embedded engine (prints figures, asserts nothing).
 
-    python scripts/measure_rebuild.py --events 1000000 --matches 1000
+python scripts/measure_rebuild.py --events 1000000 --matches 1000
 """
 
 from __future__ import annotations
