@@ -1,7 +1,7 @@
 """Recount match summaries from `events`, in chunks small enough for any store, exactly once.
 
-Sized for 10^7 events and 10^5 matches on MongoDB: every read is one aggregation over a chunk of
-match ids (an index range on `match_time`, streamed by cursor, `allowDiskUse`, bounded per
+Sized for 10^7 events and 10^5 matches on MongoDB: every read is one aggregation over a range
+of match ids (an index range on `match_time`, streamed by cursor, `allowDiskUse`, bounded per
 operation), every write is one unit of work over a chunk of summaries (far under the 60 s
 transaction limit and the 16 MB command limit), and no command lists every match id.
 
@@ -52,9 +52,13 @@ def match_ids_pipeline() -> list[dict[str, Any]]:
 
 
 def chunk_pipeline(match_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The fold's rebuild aggregation restricted to a chunk of matches."""
+    """The fold's rebuild aggregation restricted to a chunk of matches.
+
+    The ids come sorted, so the chunk is exactly the range from its first to its last id: one
+    index range scan on `match_time`, and no list of ids in the command."""
     _all_events, *grouping = rebuild_pipeline(None)
-    return [{"$match": {"matchId": {"$in": list(match_ids)}}}, *grouping]
+    in_range = {"matchId": {"$gte": match_ids[0], "$lte": match_ids[-1]}}
+    return [{"$match": in_range}, *grouping]
 
 
 def new_rebuild_id() -> str:
