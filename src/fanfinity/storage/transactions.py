@@ -56,7 +56,9 @@ class MongoTransaction:
     retry the commit on UnknownTransactionCommitResult unless MaxTimeMSExpired) with two
     differences: it stops at `time_limit_s`, not 120 s, and pauses between attempts. Every
     attempt runs under `pymongo.timeout` (CSOT), so each operation and the commit carry the
-    remaining time as maxTimeMS; an attempt that runs out raises a timeout error.
+    remaining time as maxTimeMS; an attempt that runs out raises a timeout error. (Under CSOT
+    PyMongo drops the write concern's `wtimeout` and uses the remaining time instead:
+    pymongo/_csot.py `apply_write_concern`.)
     """
 
     def __init__(
