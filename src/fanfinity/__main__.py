@@ -23,8 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP API (and the aggregator unless disabled)")
     commands.add_parser("aggregate", help="run only the change-feed aggregator")
-    rebuild = commands.add_parser("rebuild", help="recount match summaries from stored events")
-    rebuild.add_argument("--match", dest="match_id", help="only this match")
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="recount match summaries from stored events (and bring parked events back)",
+    )
+    rebuild.add_argument(
+        "--match", dest="match_id", help="only this match (replays its parked events)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -139,7 +144,10 @@ async def _rebuild(settings: Settings, match_id: str | None) -> int:
         report = await aggregator.rebuild(match_id)
     finally:
         engine.close()
-    print(f"rebuilt {report.matches} match summaries from {report.events} events")
+    print(
+        f"rebuilt {report.matches} match summaries from {report.events} events; "
+        "parked events of the rebuilt matches are counted and cleared"
+    )
     return 0
 
 

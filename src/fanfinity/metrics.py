@@ -191,3 +191,10 @@ def count_overflow(teams: int, minutes: int) -> None:
         SUMMARY_OVERFLOW.labels("team").inc(teams)
     if minutes:
         SUMMARY_OVERFLOW.labels("minute").inc(minutes)
+
+
+EVENTS_PARKED = Counter(
+    "fanfinity_events_parked_total",
+    "Events parked in the dead-letter collection because the store refused their match's "
+    "summary update (replay with `fanfinity rebuild --match ID`).",
+)

@@ -362,7 +362,11 @@ def test_a_readme_example_runs_as_written(served: ServiceProcess, example: Examp
             time.sleep(1.0)  # connected and served the current metrics, as a reader would be
             continue
         result = run_curl(argv)
-        if example.sample is not None and example.sample.lang in ("json", "http") and stream is None:
+        if (
+            example.sample is not None
+            and example.sample.lang in ("json", "http")
+            and stream is None
+        ):
             result = _until_it_matches(argv, result, example.sample)
         assert result.status < 500, f"{command}\n{result.status} {result.body}"
         last = (argv, result, result.body)

@@ -79,7 +79,11 @@ async def database_name(mongodb_url: str) -> AsyncIterator[str]:
     yield name
     client: Any = AsyncIOMotorClient(mongodb_url, serverSelectionTimeoutMS=10_000)
     try:
-        await client.drop_database(name)
+        # Drop the collections, not the database: `dropDatabase` needs the dropDatabase
+        # privilege, which a `readWrite` user (what CI or a shared cluster may give) lacks.
+        database = client[name]
+        for collection in await database.list_collection_names():
+            await database.drop_collection(collection)
     finally:
         client.close()
 

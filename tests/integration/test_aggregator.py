@@ -198,7 +198,8 @@ async def test_rebuild_counts_existing_events_then_the_stream_counts_only_new_on
     assert await stored_summaries(engine) == await expected_summaries(engine)
     checkpoint = await engine.checkpoints.load()
     assert checkpoint is not None
-    assert checkpoint["generation"] == 1
+    assert checkpoint["generation"] == 2  # 1: fenced for the rebuild, 2: rebuild finished
+    assert "rebuilding" not in checkpoint
     assert isinstance(checkpoint["position"]["startAtOperationTime"], Timestamp)
     assert checkpoint["position"] == report.position
     assert await copied_event_ids(engine) == {event["_id"] for event in existing}

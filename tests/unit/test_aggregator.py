@@ -1,17 +1,30 @@
-"""The aggregator loop on the embedded engine: every stored event counted exactly once."""
+"""The aggregator loop on the embedded engine: every stored event counted exactly once, whatever
+fails (faults injected at the seams by tests/faults.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
+from pymongo.errors import (
+    AutoReconnect,
+    DocumentTooLarge,
+    ExecutionTimeout,
+    OperationFailure,
+    WriteError,
+)
 
-from fanfinity.pipeline.aggregator import Aggregator
+from fanfinity.pipeline.aggregator import Aggregator, Backoff
+from fanfinity.pipeline.fold import fold_events
+from fanfinity.pipeline.rebuild import rebuild_all
 from fanfinity.storage.engine import Engine
-from fanfinity.storage.repositories import CheckpointConflict
+from fanfinity.storage.repositories import CheckpointConflict, refusal_reason
 from tests.factories import stored_event
+from tests.faults import Faults, history_lost, with_faults
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 MATCH = "alhilal-vs-alnassr"
@@ -180,18 +193,20 @@ async def test_redelivered_batch_with_a_stale_generation_is_refused_and_not_coun
     engine: Engine,
 ) -> None:
     aggregator = make_aggregator(engine)
-    await aggregator.rebuild()  # empty store: the first checkpoint, generation 1
+    await aggregator.rebuild()  # empty store: the first checkpoint
+    first = await engine.checkpoints.load()
+    assert first is not None
     batch = [stored_event("e1"), stored_event("e2")]
-    generation = await aggregator._commit(batch, {"sequence": 2}, 1)
+    generation = await aggregator._commit(batch, {"sequence": 2}, first["generation"])
 
     with pytest.raises(CheckpointConflict):
-        await aggregator._commit(batch, {"sequence": 2}, 1)
+        await aggregator._commit(batch, {"sequence": 2}, first["generation"])
 
-    assert generation == 2
+    assert generation == first["generation"] + 1
     assert await summary_total(engine) == 2
     checkpoint = await engine.checkpoints.load()
     assert checkpoint is not None
-    assert (checkpoint["generation"], checkpoint["position"]) == (2, {"sequence": 2})
+    assert (checkpoint["generation"], checkpoint["position"]) == (generation, {"sequence": 2})
 
 
 async def test_rebuild_recounts_a_summary_that_drifted(engine: Engine) -> None:
@@ -231,3 +246,281 @@ async def _has_checkpoint(engine: Engine) -> bool:
 
 async def _is_running(aggregator: Aggregator) -> bool:
     return aggregator.running
+
+
+# --- the loop is total, the backoff resets, liveness -------------------------------------------
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(first_s=0.01, max_s=0.05, current_s=0.01)
+
+
+def faulty_aggregator(engine: Engine, faults: Faults, **options: Any) -> Aggregator:
+    return Aggregator(
+        with_faults(engine, faults),
+        batch_size=options.pop("batch_size", 100),
+        stall_after_s=30.0,
+        active_window=timedelta(minutes=10),
+        backoff=options.pop("backoff", fast_backoff()),
+        **options,
+    )
+
+
+def test_backoff_doubles_up_to_its_ceiling_and_resets() -> None:
+    backoff = Backoff(first_s=0.5, max_s=2.0, current_s=0.5)
+
+    waits = [backoff.next() for _ in range(4)]
+    backoff.reset()
+
+    assert waits == [0.5, 1.0, 2.0, 2.0]
+    assert backoff.next() == 0.5
+
+
+async def test_a_rebuild_that_fails_after_lost_history_is_retried_not_fatal(
+    engine: Engine, run_aggregator: Callable[[Aggregator], asyncio.Task[None]]
+) -> None:
+    """Before, the rebuild ran inside `except HistoryLost` and caught only CheckpointConflict:
+    a network error there ended `run()` and counting stopped for good."""
+    faults = Faults()
+    aggregator = faulty_aggregator(engine, faults)
+    task = run_aggregator(aggregator)
+    await engine.events.insert_many([stored_event("e1")])
+    await eventually(lambda: _total_is(engine, 1))
+
+    faults.arm("feed.next", error=history_lost())
+    faults.arm("rebuild.read", times=3)
+    await engine.events.insert_many([stored_event("e2"), stored_event("e3")])
+    await eventually(lambda: _total_is(engine, 3))
+
+    assert faults.fired == {"feed.next": 1, "rebuild.read": 3}
+    assert not task.done()
+    assert aggregator.running
+    assert not aggregator.ended_unexpectedly
+
+
+async def test_the_backoff_resets_after_the_first_committed_batch(
+    engine: Engine, run_aggregator: Callable[[Aggregator], asyncio.Task[None]]
+) -> None:
+    """Before, it reset only when `_follow_feed` returned (on stop): after a few blips every
+    later failure waited the maximum."""
+    faults = Faults()
+    backoff = fast_backoff()
+    run_aggregator(faulty_aggregator(engine, faults, backoff=backoff))
+    await eventually(lambda: _has_checkpoint(engine))
+
+    faults.arm("summaries.update", times=3)
+    await engine.events.insert_many([stored_event("e1")])
+    await eventually(lambda: _total_is(engine, 1))
+
+    assert faults.fired["summaries.update"] == 3
+    assert backoff.current_s == backoff.first_s
+
+
+async def test_an_aggregator_task_that_ends_without_stop_says_so(engine: Engine) -> None:
+    aggregator = make_aggregator(engine)
+    task = asyncio.create_task(aggregator.run())
+    await eventually(lambda: _is_running(aggregator))
+
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    assert not aggregator.running
+    assert aggregator.ended_unexpectedly
+
+
+async def test_a_stopped_aggregator_did_not_end_unexpectedly(engine: Engine) -> None:
+    aggregator = make_aggregator(engine)
+    task = asyncio.create_task(aggregator.run())
+    await eventually(lambda: _is_running(aggregator))
+
+    await stop(aggregator, task)
+
+    assert not aggregator.ended_unexpectedly
+
+
+# --- one match never stalls the others (dead letters) ------------------------------------------
+
+
+async def test_a_match_whose_update_the_store_refuses_is_parked_and_the_rest_counted(
+    engine: Engine, run_aggregator: Callable[[Aggregator], asyncio.Task[None]]
+) -> None:
+    faults = Faults()
+    faults.refuse_match("flooded-match")
+    parked_before = _parked_metric()
+    aggregator = faulty_aggregator(engine, faults)
+    run_aggregator(aggregator)
+    await eventually(lambda: _has_checkpoint(engine))
+
+    await engine.events.insert_many(
+        [
+            stored_event("e1"),
+            {**stored_event("f1"), "matchId": "flooded-match"},
+            stored_event("e2", minute=1),
+            {**stored_event("f2"), "matchId": "flooded-match"},
+        ]
+    )
+    await eventually(lambda: _total_is(engine, 2))
+    await engine.events.insert_many([stored_event("e3", minute=2)])  # counting goes on
+    await eventually(lambda: _total_is(engine, 3))
+
+    parked = await engine.dead_letters.parked("flooded-match")
+    assert sorted(letter["eventId"] for letter in parked) == ["f1", "f2"]
+    assert "10334" in parked[0]["reason"]
+    assert await engine.summaries.get("flooded-match") is None
+    assert aggregator.events_parked == 2
+    assert _parked_metric() - parked_before == 2
+    checkpoint = await engine.checkpoints.load()
+    assert checkpoint is not None
+    assert checkpoint["position"] == {"sequence": 5}  # past the parked events: no retry loop
+
+
+async def test_rebuilding_the_match_once_fixed_brings_its_parked_events_back(
+    engine: Engine, run_aggregator: Callable[[Aggregator], asyncio.Task[None]]
+) -> None:
+    """What `fanfinity rebuild --match ID` runs."""
+    faults = Faults()
+    faults.refuse_match("flooded-match")
+    aggregator = faulty_aggregator(engine, faults)
+    run_aggregator(aggregator)
+    await eventually(lambda: _has_checkpoint(engine))
+    flooded = [{**stored_event(f"f{n}", minute=n), "matchId": "flooded-match"} for n in range(3)]
+    await engine.events.insert_many([*flooded, stored_event("e1")])
+    await eventually(lambda: _total_is(engine, 1))
+    await eventually(lambda: _parked_count(engine, 3))
+
+    faults.clear()  # the cause is fixed
+    report = await aggregator.rebuild("flooded-match")
+
+    summary = await engine.summaries.get("flooded-match")
+    assert summary is not None
+    assert summary["total"] == 3
+    assert (report.matches, report.events) == (1, 3)
+    assert await engine.dead_letters.count() == 0
+    assert await summary_total(engine) == 1  # the other match is untouched
+
+
+@pytest.mark.parametrize(
+    ("error", "refused"),
+    [
+        (WriteError("too large", 10334, {"code": 10334}), True),
+        (OperationFailure("bad value", 2, {"code": 2}), True),
+        (OperationFailure("failed to parse", 9, {"code": 9}), True),
+        (DocumentTooLarge("BSON document too large"), True),
+        (
+            OperationFailure(
+                "WriteConflict", 112, {"code": 112, "errorLabels": ["TransientTransactionError"]}
+            ),
+            False,
+        ),
+        (
+            OperationFailure("too large", 10334, {"errorLabels": ["RetryableWriteError"]}),
+            False,
+        ),
+        (ExecutionTimeout("operation exceeded time limit", 50, {"code": 50}), False),
+        (AutoReconnect("connection reset"), False),
+        (OperationFailure("not authorized", 13, {"code": 13}), False),
+    ],
+)
+def test_only_errors_retrying_cannot_fix_are_refusals(error: Exception, refused: bool) -> None:
+    """pymongo/errors.py: labels via `has_error_label`, `timeout`, `ConnectionFailure`."""
+    assert (refusal_reason(error) is not None) is refused
+
+
+# --- chunked, fenced rebuilds ------------------------------------------------------------------
+
+
+async def test_a_chunked_rebuild_counts_every_match_and_empties_stale_ones(engine: Engine) -> None:
+    events = [
+        {**stored_event(f"{match}-{n}", minute=n), "matchId": match}
+        for match in ("m1", "m2", "m3", "m4", "m5")
+        for n in range(3)
+    ]
+    await engine.events.insert_many(events)
+    await engine.summaries.apply(
+        fold_events([{**stored_event("x"), "matchId": "gone"}], KICK_OFF).values(), KICK_OFF
+    )
+
+    report = await rebuild_all(engine, chunk_size=2)
+
+    assert (report.matches, report.events) == (5, 15)
+    for match in ("m1", "m2", "m3", "m4", "m5"):
+        summary = await engine.summaries.get(match)
+        assert summary is not None
+        assert summary["total"] == 3
+    gone = await engine.summaries.get("gone")
+    assert gone is not None
+    assert gone["total"] == 0
+    checkpoint = await engine.checkpoints.load()
+    assert checkpoint is not None
+    assert "rebuilding" not in checkpoint
+    assert checkpoint["position"] == {"sequence": 15}
+
+
+async def test_a_rebuild_that_died_part_way_is_redone_before_the_feed_is_followed(
+    engine: Engine, run_aggregator: Callable[[Aggregator], asyncio.Task[None]]
+) -> None:
+    events = [
+        {**stored_event(f"{match}-{n}", minute=n), "matchId": match}
+        for match in ("m1", "m2", "m3")
+        for n in range(2)
+    ]
+    await engine.events.insert_many(events)
+    faults = Faults()
+    faults.arm("rebuild.chunk", times=1, error=RuntimeError("killed mid-rebuild"))
+    with pytest.raises(RuntimeError):
+        await rebuild_all(with_faults(engine, faults), chunk_size=1)
+    marked = await engine.checkpoints.load()
+    assert marked is not None
+    assert "rebuilding" in marked
+
+    # A fresh marker belongs to a rebuild that may still be working: wait out its lease.
+    run_aggregator(faulty_aggregator(engine, Faults(), rebuild_lease_s=0.3))
+    await engine.events.insert_many([{**stored_event("m1-9", minute=9), "matchId": "m1"}])
+    for match, total in (("m1", 3), ("m2", 2), ("m3", 2)):
+        await eventually(lambda match=match, total=total: _match_total_is(engine, match, total))
+    await asyncio.sleep(0.3)
+    assert await _match_total_is(engine, "m1", 3)
+
+
+async def test_a_rebuild_fenced_out_by_another_stops_writing(engine: Engine) -> None:
+    await engine.events.insert_many(
+        [{**stored_event(f"{m}-0"), "matchId": m} for m in ("m1", "m2", "m3")]
+    )
+    faulty = with_faults(engine, Faults())
+    original_hold = faulty.checkpoints.hold
+    calls = 0
+
+    async def rival_fences_before_the_second_chunk(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # another process starts its own rebuild now
+            checkpoint = await engine.checkpoints.load()
+            assert checkpoint is not None
+            await engine.checkpoints.fence(
+                checkpoint["generation"], {"sequence": 0}, "rival", KICK_OFF
+            )
+        await original_hold(*args, **kwargs)
+
+    faulty.checkpoints.hold = rival_fences_before_the_second_chunk  # type: ignore[method-assign]
+    with pytest.raises(CheckpointConflict):
+        await rebuild_all(faulty, chunk_size=1)
+
+    checkpoint = await engine.checkpoints.load()
+    assert checkpoint is not None
+    assert checkpoint["rebuilding"]["id"] == "rival"  # the loser wrote nothing after that
+    assert await engine.summaries.get("m2") is None
+    assert await engine.summaries.get("m3") is None
+
+
+def _parked_metric() -> float:
+    value = REGISTRY.get_sample_value("fanfinity_events_parked_total")
+    return 0.0 if value is None else value
+
+
+async def _parked_count(engine: Engine, expected: int) -> bool:
+    return await engine.dead_letters.count() == expected
+
+
+async def _match_total_is(engine: Engine, match_id: str, expected: int) -> bool:
+    summary = await engine.summaries.get(match_id)
+    return summary is not None and summary["total"] == expected

@@ -153,11 +153,11 @@ async def test_rebuilt_counts_replace_the_old_ones_but_keep_latencies(engine: En
     assert summary["ingestLatency"] == {"b10": 2}
 
 
-async def test_full_rebuild_empties_matches_that_no_longer_have_events(engine: Engine) -> None:
+async def test_reset_counts_empties_matches_that_no_longer_have_events(engine: Engine) -> None:
     gone = [stored_event("e1", match_id="cancelled-match")]
     await engine.summaries.apply(fold_events(gone, KICK_OFF).values(), KICK_OFF)
 
-    await engine.summaries.replace_counts({}, KICK_OFF)
+    await engine.summaries.reset_counts(["cancelled-match"], KICK_OFF)
 
     summary = await engine.summaries.get("cancelled-match")
     assert summary is not None

@@ -261,7 +261,12 @@ async def _shutdown(
 
     await services.streams.close()
     await services.batcher.close(timeout_s=remaining())
-    if services.aggregator is not None and aggregator_task is not None:
+    # A task that already ended (its liveness failed) has nothing left to stop.
+    if (
+        services.aggregator is not None
+        and aggregator_task is not None
+        and not aggregator_task.done()
+    ):
         services.aggregator.stop()
         try:
             await asyncio.wait_for(asyncio.shield(aggregator_task), timeout=remaining())

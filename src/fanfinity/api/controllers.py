@@ -301,9 +301,19 @@ class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get("/live", summary="The process is up")
-    async def live(self) -> HealthStatus:
-        return HealthStatus(status="ok", checks={})
+    @get(
+        "/live",
+        summary="The process is up (and its aggregator, if any, has not ended unexpectedly)",
+        responses={503: ResponseSpec(data_container=HealthStatus, description="Restart me")},
+    )
+    async def live(self, request: Request[Any, Any, Any]) -> Response[HealthStatus]:
+        aggregator = services_of(request).aggregator
+        if aggregator is not None and aggregator.ended_unexpectedly:
+            return Response(
+                HealthStatus(status="unavailable", checks={"aggregator": "ended unexpectedly"}),
+                status_code=503,
+            )
+        return Response(HealthStatus(status="ok", checks={}), status_code=200)
 
     @get(
         "/ready",

@@ -1,22 +1,22 @@
 """The storage engine, chosen in exactly one place: MongoDB (``mongodb://``) or embedded (``memory://``).
 
 Both engines hand out the same repositories, change feed and unit of work. The embedded engine is
-mongomock-motor plus an in-process change log; it cannot do transactions, so its unit of work runs
-the same callback without one (one process, one event loop: nothing interleaves a batch).
+mongomock-motor plus an in-process change log; it cannot do transactions, so its unit of work
+journals what the callback writes and undoes it when the callback raises (`transactions.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from beanie import init_beanie
 from loguru import logger
 from motor.motor_asyncio import AsyncIOMotorClient
-from pymongo import WriteConcern, monitoring
-from pymongo.errors import OperationFailure
+from pymongo import monitoring
+from pymongo.errors import CollectionInvalid, OperationFailure
 from pymongo.read_concern import ReadConcern
 
 from fanfinity.config import Settings
@@ -30,44 +30,22 @@ from fanfinity.storage.models import (
     MatchEvent,
 )
 from fanfinity.storage.repositories import (
+    DEAD_LETTERS,
     CheckpointRepository,
+    DeadLetterRepository,
     EventRepository,
     MatchEventRepository,
     SummaryRepository,
 )
+from fanfinity.storage.transactions import (
+    JournaledCollection,
+    JournaledWrites,
+    MongoTransaction,
+    UnitOfWork,
+    durable_write_concern,
+)
 
-T = TypeVar("T")
-DURABLE = WriteConcern(w="majority", j=True)
 NAMESPACE_EXISTS = 48
-
-
-class UnitOfWork(Protocol):
-    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        """Run `work(session)` atomically where the engine can."""
-        ...
-
-
-class MongoTransaction:
-    """A majority-committed transaction; `with_transaction` retries transient errors."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        async with await self._client.start_session() as session:
-            result: T = await session.with_transaction(
-                work,
-                read_concern=ReadConcern("majority"),
-                write_concern=DURABLE,
-            )
-            return result
-
-
-class PlainWrites:
-    """The embedded engine's unit of work: the same callback, no session."""
-
-    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        return await work(None)
 
 
 @dataclass(slots=True)
@@ -81,6 +59,7 @@ class Engine:
     summaries: SummaryRepository
     checkpoints: CheckpointRepository
     match_events: MatchEventRepository
+    dead_letters: DeadLetterRepository
     feed: ChangeFeed
     unit_of_work: UnitOfWork
     ping_timeout_s: float
@@ -131,7 +110,9 @@ async def _open_mongodb(
     )
     database = client[settings.db_name]
     await _init_documents(database)
-    events = database.get_collection(EVENTS, write_concern=DURABLE)
+    await database[DEAD_LETTERS].create_index("matchId", name="match")
+    durable = durable_write_concern(settings.store_timeout_s)
+    events = database.get_collection(EVENTS, write_concern=durable)
     logger.info("storage engine: MongoDB database {!r}", settings.db_name)
     return Engine(
         name="mongodb",
@@ -140,24 +121,31 @@ async def _open_mongodb(
         events=EventRepository(
             events, majority_reads=events.with_options(read_concern=ReadConcern("majority"))
         ),
-        summaries=SummaryRepository(database[MATCH_SUMMARIES]),
+        summaries=SummaryRepository(database[MATCH_SUMMARIES], settings.store_timeout_s),
         checkpoints=CheckpointRepository(database[CHECKPOINTS]),
         match_events=MatchEventRepository(database[MATCH_EVENTS]),
+        dead_letters=DeadLetterRepository(database[DEAD_LETTERS]),
         feed=MongoChangeFeed(client, database, events),
-        unit_of_work=MongoTransaction(client),
+        unit_of_work=MongoTransaction(client, durable),
         ping_timeout_s=settings.store_timeout_s,
     )
 
 
 async def _init_documents(database: Any, attempts: int = 3) -> None:
     """Create collections and indexes; an API and an aggregator starting on a fresh database at the
-    same moment can both try to create the time-series collection, and one then loses the race."""
+    same moment can both try to create the time-series collection, and one then loses the race.
+
+    Beanie checks `list_collection_names` and then creates: the loser of that race gets PyMongo's
+    `CollectionInvalid` ("collection ... already exists": `Database.create_collection` in
+    pymongo/synchronous/database.py, which Motor runs, lists the collections again first), or,
+    when both sent the create, `OperationFailure` 48 (NamespaceExists) from the server."""
     for attempt in range(1, attempts + 1):
         try:
             await init_beanie(database=database, document_models=[*SERVICE_DOCUMENTS, MatchEvent])
             return
-        except OperationFailure as exc:
-            if exc.code != NAMESPACE_EXISTS or attempt == attempts:
+        except (CollectionInvalid, OperationFailure) as exc:
+            lost_race = isinstance(exc, CollectionInvalid) or exc.code == NAMESPACE_EXISTS
+            if not lost_race or attempt == attempts:
                 raise
             logger.info("collections were being created by another process; retrying")
             await asyncio.sleep(0.5 * attempt)
@@ -170,7 +158,9 @@ async def _open_embedded(settings: Settings) -> Engine:
     database = client[settings.db_name]
     # mongomock cannot create time-series collections, so `match_events` stays a plain one here.
     await init_beanie(database=database, document_models=list(SERVICE_DOCUMENTS))
-    events = database.get_collection(EVENTS, write_concern=DURABLE)
+    events = database.get_collection(
+        EVENTS, write_concern=durable_write_concern(settings.store_timeout_s)
+    )
     feed = InProcessChangeFeed(events)
     logger.warning(
         "storage engine: embedded (memory://); events live in this process only and are lost "
@@ -181,10 +171,13 @@ async def _open_embedded(settings: Settings) -> Engine:
         client=client,
         database=database,
         events=EventRepository(events, on_inserted=feed.append, write_lock=feed.write_lock),
-        summaries=SummaryRepository(database[MATCH_SUMMARIES]),
-        checkpoints=CheckpointRepository(database[CHECKPOINTS]),
+        summaries=SummaryRepository(
+            JournaledCollection(database[MATCH_SUMMARIES]), settings.store_timeout_s
+        ),
+        checkpoints=CheckpointRepository(JournaledCollection(database[CHECKPOINTS])),
         match_events=MatchEventRepository(database[MATCH_EVENTS]),
+        dead_letters=DeadLetterRepository(JournaledCollection(database[DEAD_LETTERS])),
         feed=feed,
-        unit_of_work=PlainWrites(),
+        unit_of_work=JournaledWrites(),
         ping_timeout_s=settings.store_timeout_s,
     )

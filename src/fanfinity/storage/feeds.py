@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import pymongo
 from bson import Timestamp
 from pymongo.errors import OperationFailure
 
@@ -20,6 +22,9 @@ Document = Mapping[str, Any]
 
 # MongoDB error codes meaning "the oplog no longer holds this resume point".
 HISTORY_LOST_CODES = frozenset({136, 280, 286})
+# A bound for each rebuild read (it replaces socketTimeoutMS for that command).
+REBUILD_OPERATION_TIMEOUT_S = 120.0
+SNAPSHOT_BATCH = 1000
 
 
 class HistoryLost(Exception):
@@ -34,6 +39,19 @@ class ChangeBatch:
     position: Position
 
 
+class FeedInvalidated(HistoryLost):
+    """The change stream was invalidated (`events` dropped or renamed): recount from what is
+    stored now rather than report healthy while `try_next` returns None forever."""
+
+
+class SnapshotReader(Protocol):
+    """Aggregations on `events` that all see the same point in time, and the position after it."""
+
+    position: Position
+
+    def aggregate(self, pipeline: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]: ...
+
+
 class ChangeFeed(Protocol):
     def changes(
         self, start: Position, max_batch: int, max_wait_s: float
@@ -41,11 +59,26 @@ class ChangeFeed(Protocol):
         """Batches after `start`, empty ones included (they advance the position when idle)."""
         ...
 
+    def snapshot_reader(self) -> contextlib.AbstractAsyncContextManager[SnapshotReader]:
+        """Run aggregations on `events` at one point in time; `position` is right after it."""
+        ...
+
     async def snapshot(
         self, pipeline: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], Position]:
         """Run an aggregation on `events` at one point in time, and the position right after it."""
         ...
+
+
+class _InProcessSnapshot:
+    def __init__(self, events: Any, position: Position) -> None:
+        self._events = events
+        self.position = position
+
+    async def aggregate(self, pipeline: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._events.aggregate(pipeline).to_list(None)
+        for row in rows:
+            yield row
 
 
 class InProcessChangeFeed:
@@ -82,18 +115,27 @@ class InProcessChangeFeed:
             self._trim(cursor)
             if self.end <= cursor:
                 self._appended.clear()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation
+                # that arrives as its timeout fires, and a cancelled aggregator then never ends
+                # (found by the fault simulation).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._appended.wait(), timeout=max_wait_s)
+                    async with asyncio.timeout(max_wait_s):
+                        await self._appended.wait()
             taken = self._log[cursor - self._base : cursor - self._base + max_batch]
             cursor += len(taken)
             yield ChangeBatch(events=taken, position={"sequence": cursor})
 
+    @contextlib.asynccontextmanager
+    async def snapshot_reader(self) -> AsyncIterator[SnapshotReader]:
+        """Holds the write lock for its whole life: every aggregation sees the same events."""
+        async with self.write_lock:
+            yield _InProcessSnapshot(self._events, {"sequence": self.end})
+
     async def snapshot(
         self, pipeline: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], Position]:
-        async with self.write_lock:
-            rows: list[dict[str, Any]] = await self._events.aggregate(pipeline).to_list(None)
-            return rows, {"sequence": self.end}
+        async with self.snapshot_reader() as reader:
+            return [row async for row in reader.aggregate(pipeline)], reader.position
 
     def _trim(self, cursor: int) -> None:
         drop = cursor - self._base
@@ -103,12 +145,25 @@ class InProcessChangeFeed:
 
 
 class MongoChangeFeed:
-    """A change stream on `events` (inserts only), resumable from its post-batch resume token."""
+    """A change stream on `events` (inserts only), resumable from its post-batch resume token.
 
-    def __init__(self, client: Any, database: Any, events: Any) -> None:
+    `clock` is injectable so that tests can drive batch deadlines with logical time.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        database: Any,
+        events: Any,
+        *,
+        operation_timeout_s: float = REBUILD_OPERATION_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self._database = database
         self._events = events
+        self._operation_timeout_s = operation_timeout_s
+        self._clock = clock
 
     async def changes(
         self, start: Position, max_batch: int, max_wait_s: float
@@ -122,51 +177,131 @@ class MongoChangeFeed:
             options["start_after"] = start["resumeToken"]
         elif "startAtOperationTime" in start:
             options["start_at_operation_time"] = start["startAtOperationTime"]
-        pipeline = [{"$match": {"operationType": "insert"}}]
+        pipeline = [{"$match": {"operationType": {"$in": ["insert", "invalidate"]}}}]
         try:
             async with self._events.watch(pipeline, **options) as stream:
                 while True:
-                    documents: list[Document] = []
-                    while len(documents) < max_batch:
-                        change = await stream.try_next()
-                        if change is None:
-                            break
-                        documents.append(change["fullDocument"])
+                    documents = await self._next_batch(stream, max_batch, max_wait_s)
                     token = stream.resume_token
                     position = {"resumeToken": token} if token is not None else start
-                    yield ChangeBatch(events=documents, position=position)
+                    if documents or stream.alive:
+                        yield ChangeBatch(events=documents, position=position)
+                    if not stream.alive:
+                        raise FeedInvalidated(
+                            "the change stream on `events` was invalidated (collection dropped "
+                            "or renamed?)"
+                        )
         except OperationFailure as exc:
             if exc.code in HISTORY_LOST_CODES:
                 raise HistoryLost(str(exc)) from exc
             raise
 
+    async def _next_batch(self, stream: Any, max_batch: int, max_wait_s: float) -> list[Document]:
+        """Close a batch at `max_batch` events or `max_wait_s` after its first event.
+
+        PyMongo's `try_next` (pymongo/synchronous/change_stream.py, run on Motor's executor)
+        returns a cached document without I/O, or runs one getMore and returns its first
+        document; it returns None only for an empty getMore (after maxAwaitTimeMS). So "until
+        None" never ends under steady traffic: the deadline is what bounds a batch, to
+        `max_wait_s` plus one getMore wait. After a document, `resume_token` is that document's
+        `_id`, or the post-batch resume token when it was the last of its server batch; after
+        None it is the post-batch token: either way, the position right after what we took.
+        An invalidate (`events` dropped or renamed) closes the cursor: `alive` turns false and
+        `try_next` would return None forever, so the loop checks `alive`.
+        """
+        documents: list[Document] = []
+        deadline: float | None = None
+        while len(documents) < max_batch and stream.alive:
+            change = await stream.try_next()
+            if change is None:
+                break
+            if change.get("operationType") != "insert":
+                continue  # an invalidate: `alive` is false from now on
+            documents.append(change["fullDocument"])
+            now = self._clock()
+            if deadline is None:
+                deadline = now + max_wait_s
+            elif now >= deadline:
+                break
+        return documents
+
+    @contextlib.asynccontextmanager
+    async def snapshot_reader(self) -> AsyncIterator[SnapshotReader]:
+        """Aggregations on `events` at one cluster time T (snapshot read concern), however many.
+
+        Every aggregation is bounded (`pymongo.timeout`: CSOT sets the command's maxTimeMS and
+        replaces socketTimeoutMS for it, pymongo/synchronous/pool.py `apply_timeout`), may spill
+        to disk, and streams its cursor. MongoDB keeps snapshot history for
+        `minSnapshotHistoryWindowInSeconds` (300 s by default): a rebuild that reads longer
+        fails with SnapshotTooOld and is retried by the aggregator's backoff.
+        """
+        async with await self._client.start_session() as session:
+            with pymongo.timeout(self._operation_timeout_s):
+                ping = await self._database.command("ping", session=session)
+            cluster_time: Timestamp = ping["operationTime"]
+            after = Timestamp(cluster_time.time, cluster_time.inc + 1)
+            yield _MongoSnapshot(
+                self._database,
+                self._events.name,
+                session,
+                cluster_time,
+                {"startAtOperationTime": after},
+                self._operation_timeout_s,
+            )
+
     async def snapshot(
         self, pipeline: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], Position]:
         """Aggregate at one cluster time T (snapshot read concern); resume the stream after T."""
-        async with await self._client.start_session() as session:
-            ping = await self._database.command("ping", session=session)
-            cluster_time: Timestamp = ping["operationTime"]
+        async with self.snapshot_reader() as reader:
+            return [row async for row in reader.aggregate(pipeline)], reader.position
+
+
+class _MongoSnapshot:
+    def __init__(
+        self,
+        database: Any,
+        collection: str,
+        session: Any,
+        cluster_time: Timestamp,
+        position: Position,
+        operation_timeout_s: float,
+    ) -> None:
+        self._database = database
+        self._collection = collection
+        self._session = session
+        self._cluster_time = cluster_time
+        self.position = position
+        self._operation_timeout_s = operation_timeout_s
+
+    async def aggregate(self, pipeline: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        with pymongo.timeout(self._operation_timeout_s):
             reply = await self._database.command(
                 {
-                    "aggregate": self._events.name,
+                    "aggregate": self._collection,
                     "pipeline": pipeline,
-                    "cursor": {"batchSize": 1000},
-                    "readConcern": {"level": "snapshot", "atClusterTime": cluster_time},
+                    "cursor": {"batchSize": SNAPSHOT_BATCH},
+                    "allowDiskUse": True,
+                    "readConcern": {"level": "snapshot", "atClusterTime": self._cluster_time},
                 },
-                session=session,
+                session=self._session,
             )
-            rows: list[dict[str, Any]] = list(reply["cursor"]["firstBatch"])
-            cursor_id = reply["cursor"]["id"]
-            while cursor_id:
+        for row in reply["cursor"]["firstBatch"]:
+            yield row
+        cursor_id = reply["cursor"]["id"]
+        while cursor_id:
+            with pymongo.timeout(self._operation_timeout_s):
                 more = await self._database.command(
-                    {"getMore": cursor_id, "collection": self._events.name, "batchSize": 1000},
-                    session=session,
+                    {
+                        "getMore": cursor_id,
+                        "collection": self._collection,
+                        "batchSize": SNAPSHOT_BATCH,
+                    },
+                    session=self._session,
                 )
-                rows.extend(more["cursor"]["nextBatch"])
-                cursor_id = more["cursor"]["id"]
-        after = Timestamp(cluster_time.time, cluster_time.inc + 1)
-        return rows, {"startAtOperationTime": after}
+            for row in more["cursor"]["nextBatch"]:
+                yield row
+            cursor_id = more["cursor"]["id"]
 
 
 def describe_position(position: Mapping[str, Any]) -> str:

@@ -14,11 +14,28 @@ from typing import Any
 
 import bson
 import bson.errors
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+import pymongo
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from fanfinity.pipeline.fold import AdmittedKeys, SummaryIncrement, ingest_latency_update
 
 DUPLICATE_KEY = 11000
+DEAD_LETTERS = "dead_letters"
+# Server codes that mean "this update, as sent, can never succeed": retrying it would stall
+# counting for every match, so the aggregator parks the match's events instead. Anything else
+# (no code, or one not listed) is treated as transient and goes through the backoff.
+REFUSED_CODES: Mapping[int, str] = {
+    2: "BadValue",
+    9: "FailedToParse",
+    14: "TypeMismatch",
+    28: "PathNotViable",
+    40: "ConflictingUpdateOperators",
+    52: "DollarPrefixedFieldName",
+    56: "EmptyFieldName",
+    57: "DottedFieldName",
+    10334: "BSONObjectTooLarge",
+    17419: "document would exceed the 16 MB limit after the update",
+}
 EMPTY_COUNTS: dict[str, Any] = {
     "total": 0,
     "byType": {},
@@ -44,6 +61,40 @@ class InsertReport:
 
 class CheckpointConflict(Exception):
     """Another aggregator (or a rebuild) moved the checkpoint: this copy must not apply."""
+
+
+class SummaryRefused(Exception):
+    """The store refused one match's summary update for a reason retrying cannot fix."""
+
+    def __init__(self, match_id: str, reason: str) -> None:
+        super().__init__(f"summary update for {match_id} refused: {reason}")
+        self.match_id = match_id
+        self.reason = reason
+
+
+def refusal_reason(error: BaseException) -> str | None:
+    """Why the store will never accept this update, or None when retrying may help.
+
+    Read from PyMongo's error classes (pymongo/errors.py): an error carrying the
+    `TransientTransactionError` or `RetryableWriteError` label (`has_error_label`), or whose
+    `timeout` is true (ExecutionTimeout, WTimeoutError, NetworkTimeout), is transient, and so is
+    every `ConnectionFailure` (AutoReconnect, NotPrimaryError, ServerSelectionTimeoutError).
+    What is left and refused for good: a document BSON cannot encode or that is too large
+    (`DocumentTooLarge` is a `bson.errors.InvalidDocument`, raised before sending), and an
+    `OperationFailure`/`WriteError` with one of `REFUSED_CODES`.
+    """
+    if isinstance(error, bson.errors.InvalidDocument):
+        return f"{type(error).__name__}: {error}"
+    if not isinstance(error, OperationFailure) or error.timeout:
+        return None
+    if error.has_error_label("TransientTransactionError") or error.has_error_label(
+        "RetryableWriteError"
+    ):
+        return None
+    name = REFUSED_CODES.get(error.code or 0)
+    if name is None:
+        return None
+    return f"code {error.code} ({name}): {str(error)[:300]}"
 
 
 class WriteNotConfirmed(Exception):
@@ -165,8 +216,9 @@ class EventRepository:
 class SummaryRepository:
     """The `match_summaries` read model: one document per match."""
 
-    def __init__(self, collection: Any) -> None:
+    def __init__(self, collection: Any, operation_timeout_s: float = 2.0) -> None:
         self._collection = collection
+        self._operation_timeout_s = operation_timeout_s
 
     async def get(self, match_id: str) -> dict[str, Any] | None:
         document: dict[str, Any] | None = await self._collection.find_one({"_id": match_id})
@@ -195,27 +247,28 @@ class SummaryRepository:
         applied_at: datetime,
         session: Any = None,
     ) -> None:
+        """One upsert per match; an update the store refuses for good names its match."""
         for increment in increments:
-            await self._collection.update_one(
-                {"_id": increment.match_id},
-                increment.as_update(applied_at),
-                upsert=True,
-                session=session,
-            )
+            try:
+                await self._collection.update_one(
+                    {"_id": increment.match_id},
+                    increment.as_update(applied_at),
+                    upsert=True,
+                    session=session,
+                )
+            except Exception as exc:
+                reason = refusal_reason(exc)
+                if reason is None:
+                    raise
+                raise SummaryRefused(increment.match_id, reason) from exc
 
     async def replace_counts(
         self,
         summaries: Mapping[str, Mapping[str, Any]],
         rebuilt_at: datetime,
         session: Any = None,
-        match_id: str | None = None,
     ) -> None:
         """Overwrite the counted fields (latency histograms are measurements and are kept)."""
-        stale = {"_id": match_id} if match_id else {"_id": {"$nin": list(summaries)}}
-        if match_id is None or match_id not in summaries:
-            await self._collection.update_many(
-                stale, _overwrite({**EMPTY_COUNTS, "updatedAt": rebuilt_at}), session=session
-            )
         for summary_id, summary in summaries.items():
             await self._collection.update_one(
                 {"_id": summary_id},
@@ -224,11 +277,28 @@ class SummaryRepository:
                 session=session,
             )
 
+    async def reset_counts(
+        self, match_ids: Sequence[str], rebuilt_at: datetime, session: Any = None
+    ) -> None:
+        """Empty the counted fields of matches that have no stored events (any more)."""
+        await self._collection.update_many(
+            {"_id": {"$in": list(match_ids)}},
+            _overwrite({**EMPTY_COUNTS, "updatedAt": rebuilt_at}),
+            session=session,
+        )
+
+    async def ids(self) -> AsyncIterator[str]:
+        """Every summary's match id, streamed (a rebuild compares them with what it counted)."""
+        async for document in self._collection.find({}, projection={"_id": 1}):
+            yield str(document["_id"])
+
     async def add_ingest_latency(self, buckets_by_match: Mapping[str, Mapping[int, int]]) -> None:
-        for match_id, buckets in buckets_by_match.items():
-            await self._collection.update_one(
-                {"_id": match_id}, ingest_latency_update(buckets), upsert=True
-            )
+        """Bounded (CSOT): a summary locked by an orphaned transaction must not hold ingest up."""
+        with pymongo.timeout(self._operation_timeout_s):
+            for match_id, buckets in buckets_by_match.items():
+                await self._collection.update_one(
+                    {"_id": match_id}, ingest_latency_update(buckets), upsert=True
+                )
 
     async def list(
         self, status_rank: int | None, limit: int, offset: int
@@ -293,35 +363,115 @@ class CheckpointRepository:
         updated_at: datetime,
         session: Any = None,
     ) -> int:
-        """Move from `generation` to the next one; `None` creates the first. Returns the new one."""
+        """Move from `generation` to the next one; `None` creates the first. Returns the new one.
+
+        Advancing ends any rebuild in progress (its marker is removed)."""
+        return await self._move(generation, position, updated_at, session, rebuilding=None)
+
+    async def fence(
+        self,
+        generation: int | None,
+        position: Mapping[str, Any],
+        rebuild_id: str,
+        updated_at: datetime,
+        session: Any = None,
+    ) -> int:
+        """Start a rebuild: move to the next generation, marked as rebuilding towards `position`.
+
+        Every other writer's compare-and-set now fails, and whoever loads a marked checkpoint
+        knows the summaries may be half rebuilt and must not be followed from."""
+        marker = {"id": rebuild_id, "startedAt": updated_at, "touchedAt": updated_at}
+        return await self._move(generation, position, updated_at, session, rebuilding=marker)
+
+    async def hold(
+        self, generation: int, rebuild_id: str, touched_at: datetime, session: Any = None
+    ) -> None:
+        """Inside each chunk of a rebuild: fail unless this rebuild still owns the checkpoint.
+
+        It writes the checkpoint, so a concurrent writer meets a write conflict rather than
+        slipping in between."""
+        result = await self._collection.update_one(
+            {"_id": self.name, "generation": generation, "rebuilding.id": rebuild_id},
+            {"$set": {"rebuilding.touchedAt": touched_at}},
+            session=session,
+        )
+        if result.matched_count != 1:
+            raise CheckpointConflict(f"rebuild {rebuild_id} no longer owns the checkpoint")
+
+    async def _move(
+        self,
+        generation: int | None,
+        position: Mapping[str, Any],
+        updated_at: datetime,
+        session: Any,
+        rebuilding: Mapping[str, Any] | None,
+    ) -> int:
+        fields: dict[str, Any] = {"position": dict(position), "updatedAt": updated_at}
+        if rebuilding is not None:
+            fields["rebuilding"] = dict(rebuilding)
         if generation is None:
             try:
                 await self._collection.insert_one(
-                    {
-                        "_id": self.name,
-                        "generation": 1,
-                        "position": dict(position),
-                        "updatedAt": updated_at,
-                    },
-                    session=session,
+                    {"_id": self.name, "generation": 1, **fields}, session=session
                 )
             except DuplicateKeyError:
                 raise CheckpointConflict("a checkpoint already exists") from None
             return 1
+        update: dict[str, Any] = {"$set": {"generation": generation + 1, **fields}}
+        if rebuilding is None:
+            update["$unset"] = {"rebuilding": ""}
         result = await self._collection.update_one(
-            {"_id": self.name, "generation": generation},
-            {
-                "$set": {
-                    "generation": generation + 1,
-                    "position": dict(position),
-                    "updatedAt": updated_at,
-                }
-            },
-            session=session,
+            {"_id": self.name, "generation": generation}, update, session=session
         )
         if result.matched_count != 1:
             raise CheckpointConflict(f"checkpoint moved past generation {generation}")
         return generation + 1
+
+
+class DeadLetterRepository:
+    """Events of matches whose summary update the store refused, with the reason.
+
+    Parked in the same unit of work that advances the checkpoint past them, so an event is
+    either counted, or parked, never both and never neither. `fanfinity rebuild --match ID`
+    recounts the match from `events` and clears its parked events in one unit of work."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+
+    async def park(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        reason: str,
+        parked_at: datetime,
+        session: Any = None,
+    ) -> None:
+        documents = [
+            {
+                "eventId": event["_id"],
+                "matchId": event["matchId"],
+                "reason": reason,
+                "parkedAt": parked_at,
+            }
+            for event in events
+        ]
+        if documents:
+            await self._collection.insert_many(documents, ordered=False, session=session)
+
+    async def clear(self, match_id: str | None, session: Any = None) -> None:
+        """Forget the parked events of one match (or all) once they have been recounted."""
+        query = {"matchId": match_id} if match_id else {}
+        await self._collection.delete_many(query, session=session)
+
+    async def count(self, match_id: str | None = None) -> int:
+        query = {"matchId": match_id} if match_id else {}
+        count: int = await self._collection.count_documents(query)
+        return count
+
+    async def parked(self, match_id: str) -> list[dict[str, Any]]:
+        documents: list[dict[str, Any]] = await self._collection.find(
+            {"matchId": match_id}, projection={"_id": 0}
+        ).to_list(None)
+        return documents
 
 
 class MatchEventRepository:
