@@ -70,30 +70,26 @@ def require_producer_key(
     connection: ASGIConnection[Any, Any, Any, Any], settings: Settings
 ) -> None:
     """Writes need one of FANFINITY_API_KEYS (open only in development with no keys set)."""
-    keys = settings.api_keys
-    if not keys:
-        return
-    throttle = failed_auth_throttle(connection)  # 429 past a bound of failures per address
-    throttle.check(connection)
-    candidate = connection.headers.get(API_KEY_HEADER)
-    if candidate is None:
-        throttle.failed(connection)
-        raise Unauthorized("send a producer key in the X-API-Key header")
-    if not key_matches(candidate, keys):
-        throttle.failed(connection)
-        raise Unauthorized("the X-API-Key header does not hold a valid producer key")
+    if settings.api_keys:
+        _require_key(connection, settings.api_keys, "producer")
 
 
 def require_read_key(connection: ASGIConnection[Any, Any, Any, Any], settings: Settings) -> None:
     """Reads are open unless FANFINITY_READ_API_KEYS is set; producer keys may read too."""
-    if not settings.read_api_keys:
-        return
-    throttle = failed_auth_throttle(connection)  # 429 past a bound of failures per address
+    if settings.read_api_keys:
+        _require_key(connection, settings.read_api_keys | settings.api_keys, "read")
+
+
+def _require_key(
+    connection: ASGIConnection[Any, Any, Any, Any], keys: Iterable[str], role: str
+) -> None:
+    """One of `keys` in X-API-Key, or 401; past a bound of failures per address, 429."""
+    throttle = failed_auth_throttle(connection)
     throttle.check(connection)
     candidate = connection.headers.get(API_KEY_HEADER)
     if candidate is None:
         throttle.failed(connection)
-        raise Unauthorized("send a read key in the X-API-Key header")
-    if not key_matches(candidate, settings.read_api_keys | settings.api_keys):
+        raise Unauthorized(f"send a {role} key in the X-API-Key header")
+    if not key_matches(candidate, keys):
         throttle.failed(connection)
-        raise Unauthorized("the X-API-Key header does not hold a valid read key")
+        raise Unauthorized(f"the X-API-Key header does not hold a valid {role} key")
