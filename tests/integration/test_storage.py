@@ -81,6 +81,34 @@ async def test_restarting_on_an_existing_database_keeps_collections_and_indexes(
     assert await second.events.count() == 1
 
 
+def plan_stages(plan: Any) -> set[str]:
+    """Every stage name in an explain plan, at any depth."""
+    if isinstance(plan, dict):
+        found = {str(plan["stage"])} if "stage" in plan else set()
+        for value in plan.values():
+            found |= plan_stages(value)
+        return found
+    if isinstance(plan, list):
+        return set().union(*(plan_stages(item) for item in plan)) if plan else set()
+    return set()
+
+
+@pytest.mark.parametrize("status_rank", [None, 1])
+async def test_the_match_list_count_reads_an_index_not_every_summary(
+    engine: Engine, status_rank: int | None
+) -> None:
+    """`GET /api/matches` counts {total > 0} (of one status) per uncached page: with thousands of
+    matches a collection scan per page blocks the store; the winning plan must use an index."""
+    query: dict[str, Any] = {"total": {"$gt": 0}}
+    if status_rank is not None:
+        query["statusRank"] = status_rank
+    explained = await engine.database.command(
+        {"explain": {"count": MATCH_SUMMARIES, "query": query}, "verbosity": "queryPlanner"}
+    )
+    stages = plan_stages(explained["queryPlanner"]["winningPlan"])
+    assert "COLLSCAN" not in stages, stages
+
+
 async def test_events_are_written_with_majority_and_journal(
     command_log: CommandLog, open_engines: Callable[[], Awaitable[Engine]], database_name: str
 ) -> None:

@@ -86,6 +86,10 @@ class MatchSummary(Document):
         indexes: ClassVar[list[IndexModel]] = [
             IndexModel([("statusRank", ASCENDING), ("updatedAt", DESCENDING)], name="status"),
             IndexModel([("updatedAt", DESCENDING)], name="updated_at"),
+            # The match list counts {total > 0} (optionally of one status) on every uncached page:
+            # these let MongoDB count from the index instead of scanning every summary.
+            IndexModel([("total", ASCENDING)], name="total"),
+            IndexModel([("statusRank", ASCENDING), ("total", ASCENDING)], name="status_total"),
         ]
 
 
