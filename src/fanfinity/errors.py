@@ -73,12 +73,6 @@ class ClientDisconnected(ServiceError):
     title = "The client disconnected before the body was complete"
 
 
-class HeadersTooLarge(ServiceError):
-    status = 431
-    slug = "request-headers-too-large"
-    title = "Request headers too large"
-
-
 class UnsupportedMediaType(ServiceError):
     status = 415
     slug = "unsupported-media-type"

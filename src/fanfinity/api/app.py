@@ -16,7 +16,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any, Literal
 
-from litestar import Litestar, Request
+from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -27,7 +27,7 @@ from fanfinity.api import docs_ui
 from fanfinity.api.access import check_access
 from fanfinity.api.controllers import EventController, HealthController, MatchController
 from fanfinity.api.dashboard import dashboard_page, static_files
-from fanfinity.api.middleware import install_request_context, limit_header_size
+from fanfinity.api.middleware import install_request_context
 from fanfinity.api.problems import EXCEPTION_HANDLERS
 from fanfinity.api.prometheus import prometheus_metrics
 from fanfinity.api.protocol import stream_slots
@@ -61,12 +61,6 @@ class Services:
     accepting: bool = True
 
 
-async def before_request(request: Request[Any, Any, Any]) -> None:
-    """The app-level hook every routed request passes: header size, then the route's access."""
-    await limit_header_size(request)
-    await check_access(request)
-
-
 def create_app(
     settings: Settings | None = None, role: Role = "api", drain_on_signals: bool = False
 ) -> Litestar:
@@ -96,7 +90,7 @@ def create_app(
         route_handlers=route_handlers,
         plugins=[] if tracing is None else [tracing.plugin],
         exception_handlers=EXCEPTION_HANDLERS,
-        before_request=before_request,
+        before_request=check_access,  # the route's declared access, on every routed request
         lifespan=[lifespan],
         cors_config=(
             CORSConfig(

@@ -17,14 +17,13 @@ import re
 import time
 from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from loguru import logger
 
 from fanfinity import metrics
 from fanfinity.api.logsampling import LogSampler
-from fanfinity.errors import HeadersTooLarge
 from fanfinity.tracing import request_trace_id
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -138,13 +137,6 @@ def request_context_middleware(
             )
 
     return middleware
-
-
-async def limit_header_size(request: Request[Any, Any, Any]) -> None:
-    """A `before_request` hook kept for apps built without the request context: the context
-    itself refuses oversized heads on every path, matched or not."""
-    if _header_bytes(request.scope) > MAX_HEADER_BYTES:
-        raise HeadersTooLarge(f"request headers above {MAX_HEADER_BYTES} bytes")
 
 
 def _header_bytes(scope: Scope) -> int:
