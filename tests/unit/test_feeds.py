@@ -17,20 +17,9 @@ from fanfinity.storage.feeds import (
     MongoChangeFeed,
     describe_position,
 )
+from tests.factories import stored_event
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
-
-
-def inserted(event_id: str, match_id: str = "alhilal-vs-alnassr") -> dict[str, Any]:
-    return {
-        "_id": event_id,
-        "matchId": match_id,
-        "eventType": "goal",
-        "timestamp": KICK_OFF,
-        "teamId": "al-hilal",
-        "receivedAt": KICK_OFF,
-        "fingerprint": f"fp-{event_id}",
-    }
 
 
 def ids(events: Any) -> list[str]:
@@ -46,7 +35,7 @@ def feed(engine: Engine) -> InProcessChangeFeed:
 async def test_batches_hold_at_most_max_batch_events_in_insert_order(
     feed: InProcessChangeFeed,
 ) -> None:
-    feed.append([inserted(f"e{n}") for n in range(5)])
+    feed.append([stored_event(f"e{n}") for n in range(5)])
     changes = feed.changes({"sequence": 0}, max_batch=2, max_wait_s=0.05)
 
     batches = [await anext(changes) for _ in range(3)]
@@ -63,7 +52,7 @@ async def test_batches_hold_at_most_max_batch_events_in_insert_order(
 async def test_idle_feed_yields_an_empty_batch_at_the_same_position(
     feed: InProcessChangeFeed,
 ) -> None:
-    feed.append([inserted("e0")])
+    feed.append([stored_event("e0")])
     changes = feed.changes({"sequence": 1}, max_batch=10, max_wait_s=0.05)
 
     batch = await anext(changes)
@@ -80,7 +69,7 @@ async def test_waiting_consumer_gets_new_events_without_waiting_out_max_wait(
     waiting = asyncio.create_task(anext(changes))
     await asyncio.sleep(0.01)
 
-    feed.append([inserted("e0"), inserted("e1")])
+    feed.append([stored_event("e0"), stored_event("e1")])
     batch = await asyncio.wait_for(waiting, timeout=5.0)
     await changes.aclose()
 
@@ -89,7 +78,7 @@ async def test_waiting_consumer_gets_new_events_without_waiting_out_max_wait(
 
 
 async def test_consumer_resumes_after_its_position(feed: InProcessChangeFeed) -> None:
-    feed.append([inserted(f"e{n}") for n in range(5)])
+    feed.append([stored_event(f"e{n}") for n in range(5)])
     changes = feed.changes({"sequence": 3}, max_batch=10, max_wait_s=0.05)
 
     batch = await anext(changes)
@@ -100,11 +89,11 @@ async def test_consumer_resumes_after_its_position(feed: InProcessChangeFeed) ->
 
 
 async def test_events_appended_later_continue_the_positions(feed: InProcessChangeFeed) -> None:
-    feed.append([inserted("e0")])
+    feed.append([stored_event("e0")])
     changes = feed.changes({"sequence": 0}, max_batch=10, max_wait_s=0.05)
     first = await anext(changes)
 
-    feed.append([inserted("e1"), inserted("e2")])
+    feed.append([stored_event("e1"), stored_event("e2")])
     second = await anext(changes)
     await changes.aclose()
 
@@ -115,7 +104,7 @@ async def test_events_appended_later_continue_the_positions(feed: InProcessChang
 async def test_position_before_the_trimmed_history_raises_history_lost(
     feed: InProcessChangeFeed,
 ) -> None:
-    feed.append([inserted(f"e{n}") for n in range(4)])
+    feed.append([stored_event(f"e{n}") for n in range(4)])
     consumer = feed.changes({"sequence": 0}, max_batch=2, max_wait_s=0.05)
     await anext(consumer)
     await anext(consumer)  # coming back for more means the first batch was applied: trimmed
@@ -127,7 +116,9 @@ async def test_position_before_the_trimmed_history_raises_history_lost(
 
 
 async def test_snapshot_returns_rows_and_the_position_right_after_them(engine: Engine) -> None:
-    await engine.events.insert_many([inserted("e0"), inserted("e1"), inserted("e2", "other")])
+    await engine.events.insert_many(
+        [stored_event("e0"), stored_event("e1"), stored_event("e2", match_id="other")]
+    )
 
     rows, position = await engine.feed.snapshot(
         [{"$group": {"_id": "$matchId", "events": {"$sum": 1}}}, {"$sort": {"_id": 1}}]
@@ -138,9 +129,9 @@ async def test_snapshot_returns_rows_and_the_position_right_after_them(engine: E
 
 
 async def test_feed_from_a_snapshot_position_holds_only_later_inserts(engine: Engine) -> None:
-    await engine.events.insert_many([inserted("before")])
+    await engine.events.insert_many([stored_event("before")])
     _, position = await engine.feed.snapshot([{"$match": {}}])
-    await engine.events.insert_many([inserted("after")])
+    await engine.events.insert_many([stored_event("after")])
 
     changes = engine.feed.changes(position, max_batch=10, max_wait_s=0.05)
     batch = await anext(changes)
@@ -288,7 +279,7 @@ def insert_change(sequence: int) -> dict[str, Any]:
     return {
         "_id": token(sequence),
         "operationType": "insert",
-        "fullDocument": inserted(f"e{sequence}"),
+        "fullDocument": stored_event(f"e{sequence}"),
     }
 
 
@@ -397,11 +388,11 @@ async def test_a_resume_point_out_of_the_oplog_is_history_lost() -> None:
 
 
 async def test_every_read_of_an_embedded_snapshot_sees_the_same_events(engine: Engine) -> None:
-    await engine.events.insert_many([inserted("e0")])
+    await engine.events.insert_many([stored_event("e0")])
     count = [{"$group": {"_id": None, "events": {"$sum": 1}}}]
 
     async with engine.feed.snapshot_reader() as snapshot:
-        writer = asyncio.create_task(engine.events.insert_many([inserted("e1")]))
+        writer = asyncio.create_task(engine.events.insert_many([stored_event("e1")]))
         await asyncio.sleep(0.01)
         first = [row async for row in snapshot.aggregate(count)]
         second = [row async for row in snapshot.aggregate(count)]

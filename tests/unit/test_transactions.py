@@ -18,21 +18,10 @@ from fanfinity.storage.transactions import (
     TransactionTimedOut,
     durable_write_concern,
 )
+from tests.factories import stored_event
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 MATCH = "alhilal-vs-alnassr"
-
-
-def stored_event(event_id: str, match_id: str = MATCH) -> dict[str, Any]:
-    return {
-        "_id": event_id,
-        "matchId": match_id,
-        "eventType": "goal",
-        "timestamp": KICK_OFF,
-        "teamId": "al-hilal",
-        "receivedAt": KICK_OFF,
-        "fingerprint": f"fp-{event_id}",
-    }
 
 
 class Crash(Exception):
