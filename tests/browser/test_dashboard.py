@@ -7,9 +7,6 @@ with the reason otherwise. FANFINITY_UPDATE_SCREENSHOTS=1 refreshes docs/images/
 from __future__ import annotations
 
 import os
-import shutil
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,27 +15,17 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from fanfinity.api.app import create_app
 from fanfinity.config import Settings
-from tests.conftest import PRODUCER_KEY, free_port, with_settings
+from tests.browser.chromium import headless_chromium, needs_chromium, threaded_server
+from tests.conftest import PRODUCER_KEY, with_settings
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-CHROMIUM = (
-    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-)
-CHROMEDRIVER = shutil.which("chromedriver") or shutil.which(
-    "chromedriver",
-    path=os.environ.get("CHROMEWEBDRIVER"),  # GitHub's hosted runners
-)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no headless browser: apt-get install chromium chromium-driver",
-)
+pytestmark = needs_chromium
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "dashboard.png"
 MATCH = "alhilal-vs-alnassr-demo"
 EN_DASH = "\u2013"  # the scoreline's separator
@@ -48,41 +35,16 @@ EN_DASH = "\u2013"  # the scoreline's separator
 def live_server(settings: Settings) -> Iterator[str]:
     """The service on a real socket, in a thread with its own event loop."""
     app = create_app(with_settings(settings, stream_interval_ms=200.0, metrics_cache_ms=100.0))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with threaded_server(app) as base_url:
+        yield base_url
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
-    try:
+    with headless_chromium(
+        "--disable-quic", capabilities={"goog:loggingPrefs": {"browser": "ALL"}}
+    ) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def post(

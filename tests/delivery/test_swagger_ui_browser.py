@@ -7,74 +7,34 @@ would stay blank and the test would fail.
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from fanfinity.api.app import create_app
 from fanfinity.config import Settings
-from tests.conftest import free_port
+from tests.browser.chromium import headless_chromium, needs_chromium, threaded_server
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-CHROMIUM = (
-    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-)
-CHROMEDRIVER = shutil.which("chromedriver") or shutil.which(
-    "chromedriver", path=os.environ.get("CHROMEWEBDRIVER")
-)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no headless browser: apt-get install chromium chromium-driver",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
 def live_server(settings: Settings) -> Iterator[str]:
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with threaded_server(create_app(settings)) as base_url:
+        yield base_url
 
 
 @pytest.fixture
 def offline_browser() -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
-    try:
+    """A browser that can resolve only 127.0.0.1: any other host the page names fails."""
+    with headless_chromium("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_swagger_ui_shows_every_operation_offline(live_server: str, offline_browser: Any) -> None:
