@@ -20,6 +20,7 @@ from pymongo.errors import CollectionInvalid, OperationFailure
 from pymongo.read_concern import ReadConcern
 
 from fanfinity.config import Settings
+from fanfinity.storage.embedded import SlicedInserts, install_shortcuts
 from fanfinity.storage.feeds import ChangeFeed, InProcessChangeFeed, MongoChangeFeed
 from fanfinity.storage.models import (
     CHECKPOINTS,
@@ -154,12 +155,15 @@ async def _init_documents(database: Any, attempts: int = 3) -> None:
 async def _open_embedded(settings: Settings) -> Engine:
     from mongomock_motor import AsyncMongoMockClient
 
+    install_shortcuts()
     client: Any = AsyncMongoMockClient(tz_aware=True)
     database = client[settings.db_name]
     # mongomock cannot create time-series collections, so `match_events` stays a plain one here.
     await init_beanie(database=database, document_models=list(SERVICE_DOCUMENTS))
-    events = database.get_collection(
-        EVENTS, write_concern=durable_write_concern(settings.store_timeout_s)
+    events = SlicedInserts(
+        database.get_collection(
+            EVENTS, write_concern=durable_write_concern(settings.store_timeout_s)
+        )
     )
     feed = InProcessChangeFeed(events)
     logger.warning(
@@ -175,7 +179,7 @@ async def _open_embedded(settings: Settings) -> Engine:
             JournaledCollection(database[MATCH_SUMMARIES]), settings.store_timeout_s
         ),
         checkpoints=CheckpointRepository(JournaledCollection(database[CHECKPOINTS])),
-        match_events=MatchEventRepository(database[MATCH_EVENTS]),
+        match_events=MatchEventRepository(SlicedInserts(database[MATCH_EVENTS])),
         dead_letters=DeadLetterRepository(JournaledCollection(database[DEAD_LETTERS])),
         feed=feed,
         unit_of_work=JournaledWrites(),
