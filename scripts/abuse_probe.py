@@ -7,6 +7,7 @@ producer in another process measures what it costs the producers. Bounded in cou
     python scripts/abuse_probe.py slowloris --port 8800 --connections 3000 --seconds 40
     python scripts/abuse_probe.py subscribers --port 8800 --count 5000 --match ID --seconds 30
     python scripts/abuse_probe.py storm --port 8800 --connections 50 --seconds 10
+    python scripts/abuse_probe.py batches --port 8800 --connections 1 --seconds 10
     python scripts/abuse_probe.py usage --pid PID   # RSS and CPU seconds of a process
 
 Run the load side (subscribers, slowloris) in its own process: each process may hold 20,000
@@ -122,6 +123,48 @@ async def produce(port: int, seconds: float, rate: float, match_id: str) -> None
     print(
         f"producer: {len(latencies)} posts {statuses} p50 {percentile(latencies, 50):.1f} ms "
         f"p99 {percentile(latencies, 99):.1f} ms max {max(latencies):.1f} ms"
+    )
+
+
+def deep_metadata(seed: int) -> dict[str, object]:
+    """Metadata as heavy as validation allows to nest: 7 levels of dicts around lists of ints."""
+    inner: dict[str, object] = {"values": list(range(seed % 7, seed % 7 + 60))}
+    for level in range(6):
+        inner = {f"level{level}": inner, "tag": f"t{seed}-{level}", "n": level}
+    return inner
+
+
+def deep_batch(match_id: str, items: int) -> bytes:
+    """One batch of `items` events, each with `deep_metadata` (500 items: about 450 KB)."""
+    events = []
+    for index in range(items):
+        document = json.loads(event(f"{match_id}-{index % 20}", "corner"))
+        document["metadata"] = deep_metadata(index)
+        events.append(document)
+    return json.dumps(events, separators=(",", ":")).encode()
+
+
+async def batches(port: int, connections: int, seconds: float, items: int = 500) -> None:
+    """`connections` producers posting batches of deep events back to back; each batch is new."""
+    deadline = time.monotonic() + seconds
+    statuses: dict[int, int] = {}
+    sizes: list[int] = []
+
+    async def sender(index: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.monotonic() < deadline:
+            body = deep_batch(f"batches-{index}", items)
+            sizes.append(len(body))
+            status = await asyncio.wait_for(
+                http_request(reader, writer, "POST", "/api/events/batch", body), 30
+            )
+            statuses[status] = statuses.get(status, 0) + 1
+        writer.close()
+
+    await asyncio.gather(*(sender(index) for index in range(connections)))
+    print(
+        f"batches: {sum(statuses.values())} of {items} items, {statistics.mean(sizes) / 1024:.0f} "
+        f"KiB each, statuses {statuses}"
     )
 
 
@@ -272,6 +315,8 @@ def main() -> None:
         asyncio.run(slowloris(args.port, args.connections, args.seconds))
     elif args.probe == "subscribers":
         asyncio.run(subscribers(args.port, args.count, args.match, args.seconds))
+    elif args.probe == "batches":
+        asyncio.run(batches(args.port, args.connections, args.seconds))
     elif args.probe == "storm":
         asyncio.run(storm(args.port, args.connections, args.seconds))
     else:
