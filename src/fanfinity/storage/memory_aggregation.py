@@ -5,8 +5,9 @@ mongomock's `Collection.aggregate` copies every stored document through a cursor
 its whole result list on each `next()` (quadratic in the collection: a 10^5-event rebuild spent
 two thirds of its 167 s there), then `$match`es by scanning, then `$group`s by sorting on
 `BsonComparable` keys (about 200 us per event). A rebuild asks for one aggregation per chunk of
-matches, so a 10^6-event rebuild ran over 17 minutes without finishing. While a snapshot is open no event can be written (it holds
-the feed's write lock), so this module freezes the stored documents once and:
+matches, so a 10^6-event rebuild ran over 17 minutes without finishing. While a snapshot is
+open no event can be written (it holds the feed's write lock), so this module freezes the
+stored documents once and:
 
 * serves a leading `$match` on `matchId` (equality or a string range, what the rebuild sends)
   from a sorted index, in natural order; anything else goes through mongomock's own filter;
