@@ -17,6 +17,8 @@ import pymongo
 from bson import Timestamp
 from pymongo.errors import OperationFailure
 
+from fanfinity.storage.memory_aggregation import FrozenEvents, mongomock_collection
+
 Position = dict[str, Any]
 Document = Mapping[str, Any]
 
@@ -71,12 +73,26 @@ class ChangeFeed(Protocol):
 
 
 class _InProcessSnapshot:
+    """The embedded snapshot: no event is written while it is open (it holds the write lock),
+    so the stored events are frozen once, indexed on `matchId`, and every aggregation runs on
+    that frozen view, with mongomock's results but without a scan and copy of every event per
+    aggregation (`memory_aggregation.py`). A collection that is not mongomock's is aggregated
+    through its own `aggregate`."""
+
     def __init__(self, events: Any, position: Position) -> None:
         self._events = events
         self.position = position
+        self._frozen: FrozenEvents | None = None
 
     async def aggregate(self, pipeline: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await self._events.aggregate(pipeline).to_list(None)
+        collection = mongomock_collection(self._events)
+        rows: list[dict[str, Any]]
+        if collection is None:
+            rows = await self._events.aggregate(pipeline).to_list(None)
+        else:
+            if self._frozen is None:
+                self._frozen = FrozenEvents(collection)
+            rows = self._frozen.aggregate(pipeline)
         for row in rows:
             yield row
 
