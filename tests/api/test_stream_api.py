@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
 from fanfinity.api.app import create_app
 from fanfinity.api.protocol import GuardedHttpToolsProtocol
@@ -258,3 +259,26 @@ async def test_one_address_gets_429_past_its_share_of_streams_and_sessions_are_m
     ]
     assert durations
     assert sum(durations) < 0.5  # time to headers, not the sessions' half second each
+
+
+async def test_through_the_test_client_an_ended_match_streams_its_final_metrics_then_end(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    """Litestar's test client offers no connection: the hub's queued path serves the stream."""
+    await client.post("/api/events", json=event("match_start", 0))
+    await client.post("/api/events", json=event("match_end", 59))
+    await wait_counted(client, 2)
+    response = await client.get(f"/api/matches/{MATCH}/metrics/stream")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-request-id"]
+    assert response.text.startswith("retry: 2000\n\nid: 1\nevent: metrics\n")
+    seen = [(name, data) async for name, _, data in read_events(response)]
+    assert [name for name, _ in seen] == ["metrics", "end"]
+    assert json.loads(seen[0][1])["status"] == "ended"
+    assert live_streams(client.app) == 0
+
+
+def live_streams(app: Litestar) -> int:
+    subscribers: int = app.state.services.streams.subscribers
+    return subscribers

@@ -26,7 +26,10 @@ health checks' included, is reset). This subclass keeps httptools' speed and add
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -131,24 +134,42 @@ FULL: Answer = (
 
 STREAM_CONNECTION = "fanfinity.stream_connection"  # the ASGI scope extension's name
 STREAM_PATH_SUFFIX = "/stream"  # the routes that may stream; other requests carry nothing extra
+# A live stream's kernel send buffer (Linux doubles it: 64 KiB). Left to autotuning, a client that
+# does not read let the kernel take 126 KB within 6 s of updates and up to tcp_wmem's 4 MiB before
+# the process saw any backlog; a frame is a few KiB, so this is room for many of them.
+STREAM_SEND_BUFFER_BYTES = 32 * 1024
 
 
 class StreamConnection:
-    """A live stream's way to its own connection, offered as a scope extension.
+    """A live stream's way to its own connection, offered as a scope extension; it is the
+    stream hub's `FrameSink` (`pipeline/streams.py`): the transport's own write methods, and an
+    abort that resets the connection.
 
-    A stream writes body chunks to `transport` itself only once `writes_chunks()` says uvicorn
-    wrote the head with chunked framing and the response is neither complete nor disconnected
-    (uvicorn's `RequestResponseCycle.send` frames each body message as one chunk and ends with
+    A stream writes body chunks itself only once `writes_chunks()` says uvicorn wrote the head with
+    chunked framing and the response is neither complete nor disconnected (uvicorn's
+    `RequestResponseCycle.send` frames each body message as one chunk and ends with
     `0\r\n\r\n`; the stream sends its head and its end through ASGI, so the cycle's state stays
     right). `on_lost` is called once when the client goes away.
     """
 
-    __slots__ = ("_cycle", "on_lost", "transport")
+    __slots__ = ("_cycle", "get_write_buffer_size", "is_closing", "on_lost", "transport", "write")
 
     def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
         self.transport = transport
+        self.write = transport.write
+        self.get_write_buffer_size = transport.get_write_buffer_size
+        self.is_closing = transport.is_closing
         self._cycle: RequestResponseCycle | None = cycle
         self.on_lost: Callable[[], None] | None = None
+
+    def abort(self) -> None:
+        """Reset the connection: a client that does not read gets no FIN after its unsent frames
+        (which would keep them in the kernel until the FIN times out), the buffers are freed now."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def writes_chunks(self) -> bool:
         cycle = self._cycle
@@ -322,6 +343,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is None or cycle.scope is not self.scope:
             return  # upgraded, not a request cycle of ours
         connection = StreamConnection(self.transport, cycle)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER_BYTES)
         scope: Any = self.scope  # uvicorn types extension values as dicts
         scope["extensions"] = {**(scope.get("extensions") or {}), STREAM_CONNECTION: connection}
         if self._streams is None:

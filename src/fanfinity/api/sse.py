@@ -91,7 +91,7 @@ class LiveStreamResponse(ASGIStreamingResponse):
                 await self.send_body(send, receive)
                 return
             connection.on_lost = self.subscriber.connection_lost
-            if await self.subscriber.stream_to(connection.transport):
+            if await self.subscriber.stream_to(connection):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if connection is not None:
