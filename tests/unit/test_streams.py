@@ -219,3 +219,12 @@ async def test_a_fan_out_lets_other_work_run_between_its_turns(
     assert all(len(t.chunks()) == 2 for t in transports)
     assert served_at
     assert 0 < served_at[0] < 10
+
+
+async def test_a_stream_the_hub_ended_before_it_began_ends_normally(hub: StreamHub) -> None:
+    subscriber = await hub.open(MATCH)
+    await hub.close()
+    transport = FakeTransport()
+    assert await subscriber.stream_to(transport) is True  # an empty stream, ended properly
+    assert transport.written == b""
+    assert hub.subscribers == 0

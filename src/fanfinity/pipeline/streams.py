@@ -136,8 +136,10 @@ class Subscriber:
         when it ended here (full time, shutdown: the caller ends the response), False when the
         connection went away (`connection_lost`, or dropped for not reading)."""
         channel = self.channel
-        if not self.streaming or sink.is_closing():
+        if sink.is_closing():
             return False
+        if not self.streaming:
+            return True  # the hub ended it (shutdown) before it began
         self._done = asyncio.get_running_loop().create_future()
         self.sink = sink
         self.sequence = channel.last_frame.sequence
