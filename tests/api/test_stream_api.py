@@ -137,6 +137,23 @@ async def test_stream_of_unknown_match_is_404_problem(
     assert_problem(response, 404)
 
 
+async def test_head_of_a_stream_answers_its_headers_at_once_without_a_body(
+    stream_client: httpx.AsyncClient, live_app: Litestar
+) -> None:
+    await stream_client.post("/api/events", json=event("match_start", 0))
+    await wait_counted(stream_client, 1)
+    async with asyncio.timeout(5):
+        response = await stream_client.head(f"/api/matches/{MATCH}/metrics/stream")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == b""
+    for _ in range(100):
+        if live_app.state.services.streams.subscribers == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert live_app.state.services.streams.subscribers == 0
+
+
 async def test_many_subscribers_cost_one_store_read_per_interval(
     stream_client: httpx.AsyncClient, live_app: Litestar
 ) -> None:
