@@ -7,7 +7,9 @@ match's stream and reports, as JSON lines on stdout:
    (failures by reason, connect-to-first-frame times);
 2. `{"phase": "delivered", ...}` once every subscriber saw an update with at least `--wanted`
    events, or when a line arrives on stdin: when each one saw it (CLOCK_MONOTONIC, which every
-   process on the machine shares, so the parent subtracts the moment it posted the goal).
+   process on the machine shares, so the parent subtracts the moment it posted the goal);
+3. `{"phase": "frames", ...}` when the next line arrives: the metrics frames received in all and
+   the streams still open (the parent measures its producer in between, while updates fan out).
 
 Why it is built this way:
 - a process holds at most 20,000 open files here (the hard limit, which the soft one is raised
@@ -79,6 +81,7 @@ class SseSubscriber(asyncio.Protocol):
         self.failure: str | None = None
         self.first_frame = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
+        self.frames = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -102,6 +105,7 @@ class SseSubscriber(asyncio.Protocol):
                 continue
             digits = line[start + len(TOTAL) :].split(b",", 1)[0].split(b"}", 1)[0]
             total = int(digits)
+            self.frames += 1
             if self.first_at is None:
                 self.first_at = now
                 if not self.first_frame.done():
@@ -204,9 +208,19 @@ async def run(args: argparse.Namespace) -> None:
             "closed_early": sum(
                 s.transport is None or s.transport.is_closing() for s in subscribers
             ),
+            "frames": sum(s.frames for s in subscribers),
         }
     )
-    stop.cancel()
+    await (stop if not stop.done() else read_line())  # the parent's next line: count frames
+    emit(
+        {
+            "phase": "frames",
+            "frames": sum(s.frames for s in subscribers),
+            "open": sum(
+                s.transport is not None and not s.transport.is_closing() for s in subscribers
+            ),
+        }
+    )
     for subscriber in subscribers:
         if subscriber.transport is not None:
             subscriber.transport.close()

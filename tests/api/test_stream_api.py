@@ -1,4 +1,9 @@
-"""Live metrics over Server-Sent Events, through a real server socket."""
+"""Live metrics over Server-Sent Events, through a real server socket.
+
+Each HTTP test runs on both delivery paths of the stream hub: `direct` (our uvicorn protocol
+offers the connection and the hub writes chunks to it, as `fanfinity serve` does) and `queued`
+(uvicorn's own protocol: no connection offered, Litestar's streaming response drains a queue).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
 from fanfinity.api.app import create_app
+from fanfinity.api.protocol import GuardedHttpToolsProtocol
 from fanfinity.config import Settings
 from tests.api.test_ingest_api import assert_problem
 from tests.conftest import PRODUCER_KEY, serving, with_settings
@@ -51,11 +58,22 @@ def stream_settings(settings: Settings) -> Settings:
     return with_settings(settings, stream_interval_ms=100.0, metrics_cache_ms=50.0)
 
 
+PATHS = {"direct": {"http": GuardedHttpToolsProtocol}, "queued": {}}
+
+
+@pytest.fixture(params=sorted(PATHS))
+def server_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """uvicorn options of one delivery path (see the module docstring)."""
+    return PATHS[request.param]
+
+
 @pytest.fixture
-async def live_app(stream_settings: Settings) -> AsyncIterator[Litestar]:
+async def live_app(
+    stream_settings: Settings, server_config: dict[str, Any]
+) -> AsyncIterator[Litestar]:
     """The app behind a real uvicorn socket on this event loop (streams need a real server)."""
     app = create_app(stream_settings)
-    async with serving(app) as base_url:
+    async with serving(app, **server_config) as base_url:
         app.state.base_url = base_url
         yield app
 
@@ -119,6 +137,23 @@ async def test_stream_of_unknown_match_is_404_problem(
     assert_problem(response, 404)
 
 
+async def test_head_of_a_stream_answers_its_headers_at_once_without_a_body(
+    stream_client: httpx.AsyncClient, live_app: Litestar
+) -> None:
+    await stream_client.post("/api/events", json=event("match_start", 0))
+    await wait_counted(stream_client, 1)
+    async with asyncio.timeout(5):
+        response = await stream_client.head(f"/api/matches/{MATCH}/metrics/stream")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == b""
+    for _ in range(100):
+        if live_app.state.services.streams.subscribers == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert live_app.state.services.streams.subscribers == 0
+
+
 async def test_many_subscribers_cost_one_store_read_per_interval(
     stream_client: httpx.AsyncClient, live_app: Litestar
 ) -> None:
@@ -127,7 +162,7 @@ async def test_many_subscribers_cost_one_store_read_per_interval(
     await wait_counted(client, 1)
     services = live_app.state.services
     hub = services.streams
-    streams = [await hub.open(MATCH) for _ in range(200)]
+    streams = [(await hub.open(MATCH)).frames() for _ in range(200)]
     firsts = await asyncio.gather(*(anext(stream) for stream in streams))
     assert all(b"event: metrics" in first for first in firsts)
     reads_before = services.reader.store_reads
@@ -151,7 +186,7 @@ async def test_a_subscriber_that_does_not_read_is_dropped(
     await client.post("/api/events", json=event("match_start", 0))
     await wait_counted(client, 1)
     hub = live_app.state.services.streams
-    slow = await hub.open(MATCH)
+    slow = (await hub.open(MATCH)).frames()
     await anext(slow)
     for minute in range(1, 40):
         await client.post("/api/events", json=event("corner", minute))
@@ -176,7 +211,7 @@ async def test_in_process_aggregator_pushes_changes_before_the_poll_interval(
         await client.post("/api/events", json=event("match_start", 0))
         await wait_counted(client, 1)
         hub = app.state.services.streams
-        stream = await hub.open(MATCH)
+        stream = (await hub.open(MATCH)).frames()
         assert b'"totalEvents":1' in await anext(stream)
         posted = asyncio.get_running_loop().time()
         await client.post("/api/events", json=event("goal", 3))
@@ -197,7 +232,7 @@ async def test_a_subscriber_whose_frames_wait_past_the_bound_is_dropped_before_i
         await client.post("/api/events", json=event("match_start", 0))
         await wait_counted(client, 1)
         hub = app.state.services.streams
-        slow = await hub.open(MATCH, "198.51.100.7")
+        slow = (await hub.open(MATCH, "198.51.100.7")).frames()
         await anext(slow)
         for minute in range(1, 20):  # about 4 updates a second; the queue holds 8
             await client.post("/api/events", json=event("corner", minute))
@@ -211,11 +246,11 @@ async def test_a_subscriber_whose_frames_wait_past_the_bound_is_dropped_before_i
 
 
 async def test_one_address_gets_429_past_its_share_of_streams_and_sessions_are_measured(
-    settings: Settings,
+    settings: Settings, server_config: dict[str, Any]
 ) -> None:
     app = create_app(with_settings(settings, stream_interval_ms=100.0, stream_max_per_client=2))
     async with (
-        serving(app) as base_url,
+        serving(app, **server_config) as base_url,
         httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": PRODUCER_KEY}) as client,
     ):
         await client.post("/api/events", json=event("match_start", 0))
@@ -241,3 +276,26 @@ async def test_one_address_gets_429_past_its_share_of_streams_and_sessions_are_m
     ]
     assert durations
     assert sum(durations) < 0.5  # time to headers, not the sessions' half second each
+
+
+async def test_through_the_test_client_an_ended_match_streams_its_final_metrics_then_end(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    """Litestar's test client offers no connection: the hub's queued path serves the stream."""
+    await client.post("/api/events", json=event("match_start", 0))
+    await client.post("/api/events", json=event("match_end", 59))
+    await wait_counted(client, 2)
+    response = await client.get(f"/api/matches/{MATCH}/metrics/stream")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-request-id"]
+    assert response.text.startswith("retry: 2000\n\nid: 1\nevent: metrics\n")
+    seen = [(name, data) async for name, _, data in read_events(response)]
+    assert [name for name, _ in seen] == ["metrics", "end"]
+    assert json.loads(seen[0][1])["status"] == "ended"
+    assert live_streams(client.app) == 0
+
+
+def live_streams(app: Litestar) -> int:
+    subscribers: int = app.state.services.streams.subscribers
+    return subscribers

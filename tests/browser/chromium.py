@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from litestar import Litestar
 
+from fanfinity.api.protocol import PROTOCOL
 from tests.conftest import free_port
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
@@ -47,9 +48,12 @@ HEADLESS_FLAGS = (
 
 @contextlib.contextmanager
 def threaded_server(app: Litestar) -> Iterator[str]:
-    """The app on a real socket, in a thread with its own event loop; yields its base URL."""
+    """The app on a real socket, in a thread with its own event loop, with the HTTP protocol
+    `fanfinity serve` uses (live streams written straight to the connection); yields its URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, http=PROTOCOL)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -15,7 +15,6 @@ import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, Parameter
-from litestar.response import Stream
 
 from fanfinity.api.access import Access, route_access
 from fanfinity.api.match_list import cached_match_list
@@ -23,6 +22,7 @@ from fanfinity.api.metrics_docs import MetricsReadOperation, MetricsStreamOperat
 from fanfinity.api.openapi import batch_body_schema, event_body_schema, operation_with_json_body
 from fanfinity.api.problems import Problem
 from fanfinity.api.ratelimit import request_cost
+from fanfinity.api.sse import LiveStream
 from fanfinity.api.throttle import client_address
 from fanfinity.api.validation import (
     canonical_uuid,
@@ -265,13 +265,11 @@ class MatchController(Controller):
     )
     async def stream_metrics(
         self, request: Request[Any, Any, Any], match_id: FromPath[str]
-    ) -> Stream:
+    ) -> LiveStream:
         services = readable_match(request, match_id)
-        frames = await services.streams.open(match_id, client_address(request))
-        return Stream(
-            frames,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        subscriber = await services.streams.open(match_id, client_address(request))
+        return LiveStream(
+            subscriber, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
 
     @get(

@@ -17,17 +17,24 @@ health checks' included, is reset). This subclass keeps httptools' speed and add
 - at most `max_connections` per process: when full, the connection idle the longest (waiting for a
   head) is closed to let the new one in; with none idle the new one gets 503 and is closed.
   Live streams may hold at most `max_connections - reserve` of them (see `stream_slots`), so the
-  reserve always serves producers and health checks.
+  reserve always serves producers and health checks;
+- a live stream's request (GET .../stream) carries its connection in the ASGI scope
+  (`StreamConnection`), so the stream hub writes frames straight to the transport instead of
+  waking one task per subscriber per frame (see `pipeline/streams.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
+import socket
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from fanfinity import metrics
 from fanfinity.api.middleware import MAX_HEADER_BYTES, SECURITY_HEADERS, new_request_id
@@ -125,6 +132,78 @@ FULL: Answer = (
 )
 
 
+STREAM_CONNECTION = "fanfinity.stream_connection"  # the ASGI scope extension's name
+STREAM_PATH_SUFFIX = "/stream"  # the routes that may stream; other requests carry nothing extra
+# A live stream's kernel send buffer (Linux doubles it: 64 KiB). Left to autotuning, a client that
+# does not read let the kernel take 126 KB within 6 s of updates and up to tcp_wmem's 4 MiB before
+# the process saw any backlog; a frame is a few KiB, so this is room for many of them.
+STREAM_SEND_BUFFER_BYTES = 32 * 1024
+
+
+class StreamConnection:
+    """A live stream's way to its own connection, offered as a scope extension; it is the
+    stream hub's `FrameSink` (`pipeline/streams.py`): the transport's own write methods, and an
+    abort that resets the connection.
+
+    A stream writes body chunks itself only once `writes_chunks()` says uvicorn wrote the head with
+    chunked framing and the response is neither complete nor disconnected (uvicorn's
+    `RequestResponseCycle.send` frames each body message as one chunk and ends with
+    `0\r\n\r\n`; the stream sends its head and its end through ASGI, so the cycle's state stays
+    right). `on_lost` is called once when the client goes away.
+    """
+
+    __slots__ = ("_cycle", "get_write_buffer_size", "is_closing", "on_lost", "transport", "write")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        self.transport = transport
+        self.write = transport.write
+        self.get_write_buffer_size = transport.get_write_buffer_size
+        self.is_closing = transport.is_closing
+        self._cycle: RequestResponseCycle | None = cycle
+        self.on_lost: Callable[[], None] | None = None
+
+    def abort(self) -> None:
+        """Reset the connection: a client that does not read gets no FIN after its unsent frames
+        (which would keep them in the kernel until the FIN times out), the buffers are freed now."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
+    def writes_chunks(self) -> bool:
+        cycle = self._cycle
+        return bool(
+            cycle is not None
+            and cycle.response_started
+            and cycle.chunked_encoding
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and not self.transport.is_closing()
+        )
+
+    @property
+    def active(self) -> bool:
+        return self._cycle is not None and not self._cycle.response_complete
+
+    def lost(self) -> None:
+        callback, self.on_lost = self.on_lost, None
+        if callback is not None:
+            callback()
+
+    def release(self) -> None:
+        """The stream is over: forget the cycle (it refers back to the scope holding this)."""
+        self._cycle = None
+        self.on_lost = None
+
+
+def stream_connection(scope: Any) -> StreamConnection | None:
+    """The connection a live stream may write to itself, when this server offers one."""
+    extensions = scope.get("extensions")
+    connection = extensions.get(STREAM_CONNECTION) if extensions else None
+    return connection if isinstance(connection, StreamConnection) else None
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """See the module docstring. Set `limits` with `configure()` before serving."""
 
@@ -142,6 +221,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._write_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._dropped_bytes = 0
+        self._streams: list[StreamConnection] | None = None
 
     @classmethod
     def configure(cls, limits: ConnectionLimits) -> None:
@@ -162,6 +242,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._waiting.pop(self, None)
         self._cancel_timers()
         super().connection_lost(exc)
+        if self._streams:
+            streams, self._streams = self._streams, None
+            for stream in streams:
+                stream.lost()
 
     def _evict_longest_waiting(self) -> bool:
         while self._waiting:
@@ -250,6 +334,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        scope = self.scope
+        if scope.get("method") == "GET" and scope.get("path", "").endswith(STREAM_PATH_SUFFIX):
+            self._offer_stream_connection()
+
+    def _offer_stream_connection(self) -> None:
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not self.scope:
+            return  # upgraded, not a request cycle of ours
+        connection = StreamConnection(self.transport, cycle)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER_BYTES)
+        scope: Any = self.scope  # uvicorn types extension values as dicts
+        scope["extensions"] = {**(scope.get("extensions") or {}), STREAM_CONNECTION: connection}
+        if self._streams is None:
+            self._streams = []
+        self._streams.append(connection)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -261,6 +363,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_response_complete(self) -> None:
+        if self._streams:
+            self._streams = [stream for stream in self._streams if stream.active] or None
         super().on_response_complete()
         if not self.transport.is_closing():
             self._wait_for_head()
