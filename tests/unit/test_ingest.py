@@ -19,6 +19,7 @@ from pymongo.errors import AutoReconnect, BulkWriteError
 from fanfinity.api.validation import decode_event
 from fanfinity.errors import IngestOverloaded, ShuttingDown, StoreUnavailable
 from fanfinity.pipeline.ingest import (
+    BULK_PER_FLUSH,
     IngestBatcher,
     IngestLatencyRecorder,
     WriteOutcome,
@@ -427,3 +428,37 @@ async def test_unconfirmed_write_concern_gives_every_waiter_503_not_202(
     )
     assert all(isinstance(result, StoreUnavailable) for result in results)
     assert batcher.acknowledged == 0
+
+
+class RecordingEventRepository(EventRepository):
+    """The real repository, remembering the ids of each group commit it was given."""
+
+    def __init__(self, collection: Any) -> None:
+        super().__init__(collection)
+        self.groups: list[list[str]] = []
+
+    async def insert_many(self, documents: Sequence[Mapping[str, Any]]) -> InsertReport:
+        self.groups.append([str(document["_id"]) for document in documents])
+        return await super().insert_many(documents)
+
+
+async def test_a_single_event_does_not_wait_behind_a_whole_batch(
+    events_collection: Any, make_batcher: BatcherFactory
+) -> None:
+    """A batch request's 300 items are queued, then one event is posted on its own while the
+    first group is being written: it goes into the next group, not after all 300, because
+    batch items join each group at most BULK_PER_FLUSH at a time and single events go first."""
+    recording = RecordingEventRepository(events_collection)
+    batcher = await make_batcher(recording, max_batch=500, store_timeout_s=30.0)
+    bulk = [goal(event_id(n)) for n in range(300)]
+    alone = goal(event_id(999))
+    bulk_futures = [batcher.submit_nowait(document, time.perf_counter()) for document in bulk]
+    outcome = await asyncio.wait_for(batcher.submit(alone, time.perf_counter()), PROMPTLY_S)
+    await asyncio.gather(*bulk_futures)
+
+    assert outcome is WriteOutcome.ACCEPTED
+    holding = next(i for i, group in enumerate(recording.groups) if alone["_id"] in group)
+    assert holding <= 1
+    assert max(len(group) for group in recording.groups) <= 1 + BULK_PER_FLUSH
+    written = [event for group in recording.groups for event in group]
+    assert sorted(written) == sorted(str(document["_id"]) for document in [*bulk, alone])
