@@ -87,6 +87,8 @@ def _iter_documents(self: Any, filter: Mapping[str, Any]) -> Iterator[dict[str, 
         return _scan(self, filter)
     store = self._store
     found = [store[document_id] for document_id in ids if document_id in store]
+    if not found:
+        filter_applies(filter, {})  # a malformed filter raises, as mongomock's scan would
     return (document for document in found if filter_applies(filter, document))
 
 
