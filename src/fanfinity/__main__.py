@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import signal
 import sys
@@ -70,7 +71,8 @@ def _serve(settings: Settings, role: Literal["api", "aggregator"]) -> int:
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) or 1,
-        "timeout_keep_alive": 5,
+        # An idle keep-alive connection gets as long as any connection has to send its head.
+        "timeout_keep_alive": max(1, math.ceil(settings.head_timeout_s)),
         "server_header": False,
         "backlog": settings.backlog,
     }

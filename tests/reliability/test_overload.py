@@ -36,6 +36,9 @@ OVERLOAD_SETTINGS = {
     "FANFINITY_BATCH_LINGER_MS": "50",
     # Long enough that every 503 here is a refusal at the door, never a timed-out write.
     "FANFINITY_STORE_TIMEOUT_S": "20",
+    # The warmed-up connections must outlive a slow warm-up of 200 connections (a loaded CI
+    # machine took ~6 s once): idle keep-alive connections close after the head timeout.
+    "FANFINITY_HEAD_TIMEOUT_S": "30",
 }
 
 
