@@ -64,16 +64,18 @@ def serve(port: int, http: str) -> None:
     )
 
 
+def event_fields(match_id: str, event_type: str = "goal") -> dict[str, object]:
+    return {
+        "eventId": str(uuid.uuid4()),
+        "matchId": match_id,
+        "eventType": event_type,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "teamId": "al-hilal",
+    }
+
+
 def event(match_id: str, event_type: str = "goal") -> bytes:
-    return json.dumps(
-        {
-            "eventId": str(uuid.uuid4()),
-            "matchId": match_id,
-            "eventType": event_type,
-            "timestamp": datetime.now(UTC).isoformat(),
-            "teamId": "al-hilal",
-        }
-    ).encode()
+    return json.dumps(event_fields(match_id, event_type)).encode()
 
 
 async def http_request(
@@ -136,11 +138,10 @@ def deep_metadata(seed: int) -> dict[str, object]:
 
 def deep_batch(match_id: str, items: int) -> bytes:
     """One batch of `items` events, each with `deep_metadata` (500 items: about 450 KB)."""
-    events = []
-    for index in range(items):
-        document = json.loads(event(f"{match_id}-{index % 20}", "corner"))
-        document["metadata"] = deep_metadata(index)
-        events.append(document)
+    events = [
+        {**event_fields(f"{match_id}-{index % 20}", "corner"), "metadata": deep_metadata(index)}
+        for index in range(items)
+    ]
     return json.dumps(events, separators=(",", ":")).encode()
 
 

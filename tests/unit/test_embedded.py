@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from mongomock import helpers
 
 from fanfinity.storage import embedded
+from tests.loop_turns import other_task_turns
 
 OFFSETS = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
     lambda minutes: timezone(timedelta(minutes=minutes))
@@ -167,26 +167,14 @@ async def test_a_sliced_unordered_insert_reports_like_one_insert_and_lets_others
 
     collection = embedded.SlicedInserts(AsyncMongoMockClient().db.events, slice_size=4)
     await collection.insert_many([{"_id": "e3"}, {"_id": "e9"}], ordered=False)
-    turns = 0
-
-    async def other_request() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    other = asyncio.create_task(other_request())
-    await asyncio.sleep(0)
-    before = turns
-    with pytest.raises(BulkWriteError) as raised:
-        await collection.insert_many([{"_id": f"e{n}"} for n in range(12)], ordered=False)
-    during = turns - before
-    other.cancel()
+    async with other_task_turns() as turns:
+        with pytest.raises(BulkWriteError) as raised:
+            await collection.insert_many([{"_id": f"e{n}"} for n in range(12)], ordered=False)
     errors = raised.value.details["writeErrors"]
     assert [(error["index"], error["code"]) for error in errors] == [(3, 11000), (9, 11000)]
     assert raised.value.details["nInserted"] == 10
     assert await collection.count_documents({}) == 12
-    assert during >= 2  # 12 documents in slices of 4: the loop turned between the slices
+    assert turns.count >= 2  # 12 documents in slices of 4: the loop turned between the slices
 
 
 async def test_an_ordered_insert_is_left_whole() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from fanfinity.api.validation import (
 )
 from fanfinity.schemas import EventType, MatchEventIn, ValidEvent
 from tests.factories import event_body
+from tests.loop_turns import other_task_turns
 
 NOW = datetime(2025, 5, 10, 20, 0, tzinfo=UTC)
 
@@ -415,24 +415,12 @@ async def test_a_batch_is_validated_in_order_with_invalid_items_keeping_their_re
 async def test_a_large_batch_is_validated_in_slices_that_let_other_requests_run() -> None:
     body = encode([goal(metadata={"numbers": list(range(1_000))}) for _ in range(100)])
     items = decode_batch(body)
-    turns = 0
-    validating = True
-
-    async def another_request() -> None:
-        nonlocal turns
-        while validating:
-            turns += 1
-            await asyncio.sleep(0)
-
-    other = asyncio.create_task(another_request())
-    await asyncio.sleep(0)  # it runs once before validation starts
-    results = await validate_batch(items, NOW)
-    validating = False
-    await other
+    async with other_task_turns() as turns:
+        results = await validate_batch(items, NOW)
 
     assert all(isinstance(result, ValidEvent) for result in results)
     # ~500 KB in slices of about SLICE_BYTES: it ran between them (in one go it would run once)
-    assert turns >= len(body) // (2 * SLICE_BYTES)
+    assert turns.count >= len(body) // (2 * SLICE_BYTES)
 
 
 def test_fingerprint_from_pre_encoded_metadata_is_the_fingerprint_of_the_payload() -> None:
