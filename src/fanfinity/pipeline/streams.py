@@ -143,11 +143,16 @@ class Subscriber:
         self._done = asyncio.get_running_loop().create_future()
         self.sink = sink
         self.sequence = channel.last_frame.sequence
-        sink.write(http_chunk(b"retry: %d\n\n%s" % (RETRY_MS, channel.last_frame.data)))
+        sink.write(http_chunk(self._opening()))
         if channel.last.ended:
             sink.write(END_FRAME.chunk)
             return True
         return await self._done
+
+    def _opening(self) -> bytes:
+        """What every stream begins with, on both paths: the reconnect delay, then the newest
+        metrics frame."""
+        return b"retry: %d\n\n%s" % (RETRY_MS, self.channel.last_frame.data)
 
     def connection_lost(self) -> None:
         """The client went away (the connection tells a direct subscriber)."""
@@ -161,7 +166,7 @@ class Subscriber:
         self.queue = asyncio.Queue(SUBSCRIBER_QUEUE)
         self.sequence = channel.last_frame.sequence
         try:
-            yield b"retry: %d\n\n%s" % (RETRY_MS, channel.last_frame.data)
+            yield self._opening()
             if channel.last.ended:
                 yield END_OF_STREAM
                 return
