@@ -22,6 +22,7 @@ from fanfinity.api.metrics_docs import MetricsReadOperation, MetricsStreamOperat
 from fanfinity.api.openapi import batch_body_schema, event_body_schema, operation_with_json_body
 from fanfinity.api.problems import Problem
 from fanfinity.api.ratelimit import request_cost
+from fanfinity.api.raw import BytesResponse, request_header
 from fanfinity.api.sse import LiveStream
 from fanfinity.api.throttle import client_address
 from fanfinity.api.validation import (
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from fanfinity.api.app import Services
 
 JSON = MediaType.JSON
+JSON_TYPE = JSON.value.encode()
 # The match list's status filter: an enum in the document, and "live\n" is a 400, not a 500.
 StatusFilter = Literal["scheduled", "live", "ended"]
 EXAMPLE_EVENT = {
@@ -233,13 +235,15 @@ class MatchController(Controller):
     )
     async def get_metrics(
         self, request: Request[Any, Any, Any], match_id: FromPath[str]
-    ) -> Response[bytes]:
+    ) -> BytesResponse:
         services = readable_match(request, match_id)
         snapshot = await services.reader.snapshot(match_id)
         headers = snapshot.response_headers(shared=not services.settings.read_api_keys)
-        if snapshot.not_modified(request.headers.get("if-none-match")):
-            return Response(content=b"", status_code=304, headers=headers)
-        return Response(content=snapshot.body, media_type=JSON, headers=headers)
+        if snapshot.not_modified(request_header(request.scope, b"if-none-match")):
+            return BytesResponse(304, headers)
+        body = snapshot.body
+        headers += [(b"content-type", JSON_TYPE), (b"content-length", b"%d" % len(body))]
+        return BytesResponse(200, headers, body)
 
     @get(
         "/{match_id:str}/metrics/stream",

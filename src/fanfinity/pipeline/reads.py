@@ -150,10 +150,11 @@ class MetricsSnapshot:
         """True when the client already holds this body (answer 304 without it)."""
         return tag_matches(if_none_match, self.version)
 
-    def response_headers(self, shared: bool) -> dict[str, str]:
-        """The validator and caching headers of a 200 or a 304 (`shared`: reads need no key)."""
+    def response_headers(self, shared: bool) -> list[tuple[bytes, bytes]]:
+        """The validator and caching header fields of a 200 or a 304, encoded (`shared`: reads
+        need no key)."""
         cache_control = SHARED_CACHE_CONTROL if shared else PRIVATE_CACHE_CONTROL
-        return {"ETag": self.version, "Cache-Control": cache_control}
+        return [(b"etag", self.version.encode()), (b"cache-control", cache_control.encode())]
 
 
 class MatchMetricsReader:
