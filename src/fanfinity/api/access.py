@@ -17,11 +17,13 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 
+from fanfinity.api.raw import request_header
 from fanfinity.api.throttle import failed_auth_throttle
 from fanfinity.config import Settings
 from fanfinity.errors import Unauthorized
 
 API_KEY_HEADER = "x-api-key"
+API_KEY_HEADER_FIELD = API_KEY_HEADER.encode()
 
 
 class Access(enum.StrEnum):
@@ -86,7 +88,7 @@ def _require_key(
     """One of `keys` in X-API-Key, or 401; past a bound of failures per address, 429."""
     throttle = failed_auth_throttle(connection)
     throttle.check(connection)
-    candidate = connection.headers.get(API_KEY_HEADER)
+    candidate = request_header(connection.scope, API_KEY_HEADER_FIELD)
     if candidate is None:
         throttle.failed(connection)
         raise Unauthorized(f"send a {role} key in the X-API-Key header")

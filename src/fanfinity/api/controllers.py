@@ -22,7 +22,7 @@ from fanfinity.api.metrics_docs import MetricsReadOperation, MetricsStreamOperat
 from fanfinity.api.openapi import batch_body_schema, event_body_schema, operation_with_json_body
 from fanfinity.api.problems import Problem
 from fanfinity.api.ratelimit import request_cost
-from fanfinity.api.raw import BytesResponse, request_header
+from fanfinity.api.raw import BytesResponse, encoded_fields, request_header_list
 from fanfinity.api.sse import LiveStream
 from fanfinity.api.throttle import client_address
 from fanfinity.api.validation import (
@@ -131,7 +131,7 @@ class EventController(Controller):
             **WRITE_ERRORS,
         },
     )
-    async def create_event(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def create_event(self, request: Request[Any, Any, Any]) -> BytesResponse:
         received = time.perf_counter()
         services = services_of(request)
         body = await read_json_body(request)
@@ -143,15 +143,16 @@ class EventController(Controller):
             raise DuplicateEventConflict(event.event_id)
         if outcome is WriteOutcome.FAILED:
             raise StoreUnavailable("the event store rejected the write", 1, event.event_id)
-        headers = {"Location": f"/api/events/{event.event_id}", **rate_headers}
+        content = msgspec.json.encode(EventAccepted(event.event_id))
+        headers = [
+            (b"location", b"/api/events/" + event.event_id.encode()),
+            *encoded_fields(rate_headers),
+            (b"content-type", JSON_TYPE),
+            (b"content-length", b"%d" % len(content)),
+        ]
         if outcome is WriteOutcome.DUPLICATE:
-            headers["Idempotent-Replayed"] = "true"
-        return Response(
-            content=msgspec.json.encode(EventAccepted(event.event_id)),
-            status_code=202,
-            media_type=JSON,
-            headers=headers,
-        )
+            headers.append((b"idempotent-replayed", b"true"))
+        return BytesResponse(202, headers, content)
 
     @post(
         "/batch",
@@ -239,7 +240,7 @@ class MatchController(Controller):
         services = readable_match(request, match_id)
         snapshot = await services.reader.snapshot(match_id)
         headers = snapshot.response_headers(shared=not services.settings.read_api_keys)
-        if snapshot.not_modified(request_header(request.scope, b"if-none-match")):
+        if snapshot.not_modified(request_header_list(request.scope, b"if-none-match")):
             return BytesResponse(304, headers)
         body = snapshot.body
         headers += [(b"content-type", JSON_TYPE), (b"content-length", b"%d" % len(body))]

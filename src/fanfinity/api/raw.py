@@ -12,18 +12,35 @@ ready.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
 
 def request_header(scope: Any, name: bytes) -> str | None:
-    """A request header's value (lower-case `name`); a header sent more than once is one
-    comma-separated list (RFC 9110 section 5.3), as for If-None-Match. None when absent."""
+    """The first value of a single-valued request header (lower-case `name`), as Litestar's
+    `Headers.get` gives it (first header wins, e.g. for X-API-Key); None when absent."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def request_header_list(scope: Any, name: bytes) -> str | None:
+    """A list-based request header (If-None-Match): sent on several lines it is one
+    comma-separated list (RFC 9110 section 5.3). None when absent."""
     values = [value for key, value in scope["headers"] if key == name]
     if not values:
         return None
     return b", ".join(values).decode("latin-1")
+
+
+def encoded_fields(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """Response header fields as ASGI wants them: lower-case names, latin-1 values."""
+    return [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    ]
 
 
 class BytesResponse:

@@ -23,6 +23,7 @@ import msgspec
 from litestar import Request
 from litestar.exceptions import InternalServerException
 
+from fanfinity.api.raw import request_header
 from fanfinity.errors import ClientDisconnected, UnsupportedMediaType
 from fanfinity.schemas import (
     EARLIEST_TIMESTAMP,
@@ -81,7 +82,7 @@ class JsonBody:
 async def read_json_body(request: Request[Any, Any, Any]) -> JsonBody:
     """The raw body of a JSON request: 415 for another content type; a client that hangs up
     mid-body is its own (4xx) outcome, not a 500."""
-    content_type = request.headers.get("content-type", "")
+    content_type = request_header(request.scope, b"content-type") or ""
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType(
