@@ -64,7 +64,7 @@ def load_match(base: str, match_id: str, size: int) -> None:
         ]
         status, body = http_request(f"{base}/api/events/batch", events, API_KEY, timeout_s=30)
         answer = json.loads(body) if body else None
-        if status != 202 or not isinstance(answer, dict) or answer.get("accepted") != chunk:
+        if status != 200 or not isinstance(answer, dict) or answer.get("accepted") != chunk:
             raise SystemExit(f"batch not fully accepted: {status} {body[:300]!r}")
         sent += chunk
 

@@ -12,9 +12,11 @@ import uuid
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 from litestar import Litestar
 
 from fanfinity.__main__ import raise_open_files_limit
+from scripts.bench import __main__ as bench
 from scripts.helpers import (
     counted_events,
     free_port,
@@ -116,3 +118,20 @@ async def test_counted_events_sums_the_matches_the_service_counted(app: Litestar
             await asyncio.sleep(0.05)
 
     assert total == 3  # 1 + 2, and the third match, never posted to, counts 0
+
+
+async def test_the_benchmark_loads_a_match_through_the_batch_endpoint(
+    app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make bench`'s match-size runs load 10^4 and 10^5 events this way; a batch answers 200."""
+    monkeypatch.setattr(bench, "API_KEY", PRODUCER_KEY)
+    match_id = f"bench-size-{uuid.uuid4().hex[:8]}"
+    async with serving(app) as base:
+        await asyncio.to_thread(bench.load_match, base, match_id, 700)  # a batch of 500, then 200
+        total = 0
+        for _ in range(100):
+            total = await asyncio.to_thread(counted_events, base, [match_id], PRODUCER_KEY)
+            if total == 700:
+                break
+            await asyncio.sleep(0.05)
+    assert total == 700
