@@ -45,6 +45,8 @@ from mongomock.filtering import filter_applies as _filter_applies
 from pymongo.errors import BulkWriteError
 from pymongo.results import InsertManyResult
 
+from fanfinity.gc_tuning import documents_stored
+
 # Documents per slice of an unordered insert: 32 events with metadata as deep as validation
 # allows take about 8 ms of mongomock's time, plain events about 2 ms.
 INSERT_SLICE = 32
@@ -165,6 +167,14 @@ class SlicedInserts:
         """An ordered insert stops at its first error, so it is left whole; an unordered one is
         sliced, and its errors are gathered into one `BulkWriteError` as mongomock raises it."""
         documents = list(documents)
+        try:
+            return await self._insert_many(documents, ordered, **options)
+        finally:
+            documents_stored(len(documents))  # the collector policy (gc_tuning) counts the store
+
+    async def _insert_many(
+        self, documents: list[Mapping[str, Any]], ordered: bool, **options: Any
+    ) -> Any:
         if ordered or len(documents) <= self._slice_size:
             return await self._collection.insert_many(documents, ordered=ordered, **options)
         inserted_ids: list[Any] = []
