@@ -250,3 +250,48 @@ async def test_a_full_process_closes_its_longest_idle_connection_for_a_new_one(
     assert await asyncio.wait_for(first_reader.read(), 2) == b""
     for _, writer in idle:
         writer.close()
+
+
+async def test_repeated_header_lines_first_key_wins_and_if_none_match_is_one_list(
+    guarded: tuple[Litestar, int],
+) -> None:
+    """Over a real socket (the test client joins repeated headers before the app sees them)."""
+    _, port = guarded
+    match_id = "repeated-headers"
+    body = (
+        b'{"matchId":"%s","eventType":"goal","timestamp":"2025-05-11T12:00:00Z","teamId":"a"}'
+        % match_id.encode()
+    )
+
+    def post(*lines: bytes) -> bytes:
+        head = b"POST /api/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(
+            line + b"\r\n" for line in lines
+        )
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    key, wrong = b"X-API-Key: " + PRODUCER_KEY.encode(), b"X-API-Key: not-the-producer-key"
+    json_type, text_type = b"Content-Type: application/json", b"Content-Type: text/plain"
+    assert (await exchange(port, post(wrong, key, json_type))).startswith(b"HTTP/1.1 401 ")
+    assert (await exchange(port, post(key, json_type, text_type))).startswith(b"HTTP/1.1 202 ")
+    assert (await exchange(port, post(key, text_type, json_type))).startswith(b"HTTP/1.1 415 ")
+
+    def get(*lines: bytes) -> bytes:
+        return (
+            b"GET /api/matches/%s/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            % match_id.encode()
+            + b"".join(line + b"\r\n" for line in lines)
+            + b"\r\n"
+        )
+
+    answer = b""
+    for _ in range(100):  # counted a moment after the 202
+        answer = await exchange(port, get())
+        if answer.startswith(b"HTTP/1.1 200 "):
+            break
+        await asyncio.sleep(0.02)
+    etag = re.search(rb"(?im)^etag: (.+?)\r$", answer)
+    assert etag is not None
+    two_lines = get(b'If-None-Match: W/"other"', b"If-None-Match: " + etag.group(1))
+    assert (await exchange(port, two_lines)).startswith(b"HTTP/1.1 304 ")
+    stale = get(b'If-None-Match: W/"other"', b'If-None-Match: W/"stale"')
+    assert (await exchange(port, stale)).startswith(b"HTTP/1.1 200 ")

@@ -213,10 +213,6 @@ async def test_metrics_carry_an_etag_and_answer_304_while_it_is_current(
     assert "max-age=1" in not_modified.headers["cache-control"]
     listed = await client.get(path, headers={"If-None-Match": f'W/"other", {etag}'})
     assert listed.status_code == 304
-    two_lines = await client.get(
-        path, headers=[("If-None-Match", 'W/"other"'), ("If-None-Match", etag)]
-    )
-    assert two_lines.status_code == 304  # a list-based field may come as several lines
     assert (await client.get(path, headers={"If-None-Match": 'W/"stale"'})).status_code == 200
 
     await post_all(client, [event(FRIENDLY, "goal", "team-a", "2025-05-11T12:05:00Z")])

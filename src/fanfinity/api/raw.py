@@ -7,7 +7,10 @@ load a py-spy profile put ~20 % of the process in building Litestar's `Response`
 header into a `Headers` object to read one of them. A handler whose return annotation is an ASGI
 application has it sent as is (Litestar's "returning ASGI applications"; CORS, the exception
 handler and the request context still wrap it), so such a handler can hand over bytes that are
-ready.
+ready. What Litestar would add to a `Response` it does not add to these: the route's
+`status_code`, layer-level `response_headers` and `response_cookies`, `background` tasks, and
+`after_request` hooks see this object, not a `Response`. None is configured in this app; a route
+that needs them returns a `Response`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def request_header(scope: Any, name: bytes) -> str | None:
     """The first value of a single-valued request header (lower-case `name`), as Litestar's
     `Headers.get` gives it (first header wins, e.g. for X-API-Key); None when absent."""
     for key, value in scope["headers"]:
-        if key == name:
+        if key == name or key.lower() == name:  # ASGI servers should lower-case names; may not
             return str(value.decode("latin-1"))
     return None
 
@@ -30,7 +33,7 @@ def request_header(scope: Any, name: bytes) -> str | None:
 def request_header_list(scope: Any, name: bytes) -> str | None:
     """A list-based request header (If-None-Match): sent on several lines it is one
     comma-separated list (RFC 9110 section 5.3). None when absent."""
-    values = [value for key, value in scope["headers"] if key == name]
+    values = [value for key, value in scope["headers"] if key.lower() == name]
     if not values:
         return None
     return b", ".join(values).decode("latin-1")
