@@ -56,10 +56,6 @@ class BytesResponse:
         self._headers = headers
         self._body = body
 
-    @property
-    def status(self) -> int:
-        return self._status
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # a fresh list per send: middleware (CORS, the request context) may add to it in place
         await send(
