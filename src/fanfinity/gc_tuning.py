@@ -37,18 +37,18 @@ FREEZE_EVERY_DOCUMENTS = 1_000
 
 
 class _StoreFreezer:
-    """Counts stored documents and freezes the heap every `every` of them, once enabled."""
+    """Counts stored documents and freezes the heap every `FREEZE_EVERY_DOCUMENTS`, once
+    enabled."""
 
     def __init__(self) -> None:
         self.enabled = False
-        self.every = FREEZE_EVERY_DOCUMENTS
         self._since_freeze = 0
 
     def stored(self, documents: int) -> None:
         if not self.enabled:
             return
         self._since_freeze += documents
-        if self._since_freeze >= self.every:
+        if self._since_freeze >= FREEZE_EVERY_DOCUMENTS:
             self._since_freeze = 0
             gc.freeze()
 

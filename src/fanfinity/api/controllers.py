@@ -22,7 +22,7 @@ from fanfinity.api.metrics_docs import MetricsReadOperation, MetricsStreamOperat
 from fanfinity.api.openapi import batch_body_schema, event_body_schema, operation_with_json_body
 from fanfinity.api.problems import Problem
 from fanfinity.api.ratelimit import request_cost
-from fanfinity.api.raw import BytesResponse, encoded_fields, request_header_list
+from fanfinity.api.raw import BytesResponse, encoded_fields, json_response, request_header_list
 from fanfinity.api.sse import LiveStream
 from fanfinity.api.throttle import client_address
 from fanfinity.api.validation import (
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from fanfinity.api.app import Services
 
 JSON = MediaType.JSON
-JSON_TYPE = JSON.value.encode()
 # The match list's status filter: an enum in the document, and "live\n" is a 400, not a 500.
 StatusFilter = Literal["scheduled", "live", "ended"]
 EXAMPLE_EVENT = {
@@ -143,16 +142,13 @@ class EventController(Controller):
             raise DuplicateEventConflict(event.event_id)
         if outcome is WriteOutcome.FAILED:
             raise StoreUnavailable("the event store rejected the write", 1, event.event_id)
-        content = msgspec.json.encode(EventAccepted(event.event_id))
         headers = [
             (b"location", b"/api/events/" + event.event_id.encode()),
             *encoded_fields(rate_headers),
-            (b"content-type", JSON_TYPE),
-            (b"content-length", b"%d" % len(content)),
         ]
         if outcome is WriteOutcome.DUPLICATE:
             headers.append((b"idempotent-replayed", b"true"))
-        return BytesResponse(202, headers, content)
+        return json_response(202, headers, msgspec.json.encode(EventAccepted(event.event_id)))
 
     @post(
         "/batch",
@@ -242,9 +238,7 @@ class MatchController(Controller):
         headers = snapshot.response_headers(shared=not services.settings.read_api_keys)
         if snapshot.not_modified(request_header_list(request.scope, b"if-none-match")):
             return BytesResponse(304, headers)
-        body = snapshot.body
-        headers += [(b"content-type", JSON_TYPE), (b"content-length", b"%d" % len(body))]
-        return BytesResponse(200, headers, body)
+        return json_response(200, headers, snapshot.body)
 
     @get(
         "/{match_id:str}/metrics/stream",

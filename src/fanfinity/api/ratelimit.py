@@ -20,6 +20,7 @@ from typing import Any
 from litestar import Request
 
 from fanfinity import metrics
+from fanfinity.api.access import API_KEY_HEADER_FIELD
 from fanfinity.api.raw import request_header
 from fanfinity.errors import RateLimited
 
@@ -99,7 +100,7 @@ class ProducerRateLimiter:
 
     def charge(self, request: Request[Any, Any, Any], cost: int) -> dict[str, str]:
         """Take `cost` tokens; raises `RateLimited`, else returns the RateLimit-* headers."""
-        key = request_header(request.scope, b"x-api-key") if self._by_api_key else None
+        key = request_header(request.scope, API_KEY_HEADER_FIELD) if self._by_api_key else None
         key = key or (request.client.host if request.client else "-")
         decision = self._buckets.take(key, cost)
         if not decision.allowed:

@@ -25,7 +25,7 @@ def request_header(scope: Any, name: bytes) -> str | None:
     """The first value of a single-valued request header (lower-case `name`), as Litestar's
     `Headers.get` gives it (first header wins, e.g. for X-API-Key); None when absent."""
     for key, value in scope["headers"]:
-        if key == name or key.lower() == name:  # ASGI servers should lower-case names; may not
+        if key.lower() == name:  # ASGI servers should lower-case names, but may not
             return str(value.decode("latin-1"))
     return None
 
@@ -44,6 +44,16 @@ def encoded_fields(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return [
         (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
     ]
+
+
+JSON_TYPE = b"application/json"
+
+
+def json_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> BytesResponse:
+    """A JSON body with `headers` and its Content-Type and Content-Length."""
+    headers.append((b"content-type", JSON_TYPE))
+    headers.append((b"content-length", b"%d" % len(body)))
+    return BytesResponse(status, headers, body)
 
 
 class BytesResponse:
