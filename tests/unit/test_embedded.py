@@ -14,6 +14,7 @@ from bson import ObjectId
 from hypothesis import given
 from hypothesis import strategies as st
 from mongomock import helpers
+from pymongo.errors import BulkWriteError
 
 from fanfinity.storage import embedded
 from tests.loop_turns import other_task_turns
@@ -157,6 +158,83 @@ async def test_the_embedded_engine_reads_and_writes_through_the_shortcuts(engine
     found["nested"]["list"].append(3)
     again = await collection.find_one({"_id": "a"})
     assert again["nested"] == {"list": [1, {"b": 2}]}
+
+
+INSERT_IDS = st.one_of(
+    st.sampled_from(["e1", "e2", "e3", 7]),
+    st.fixed_dictionaries({"k": st.sampled_from([1, 2])}),
+)
+# Keys mongomock's checks refuse (a leading `$`, a null character, a key that is no string),
+# nested or not, beside the arbitrary fields (whose big integers BSON cannot encode).
+HOSTILE_FIELDS = st.dictionaries(
+    st.sampled_from(["$set", "a\0b", 5]), st.one_of(st.integers(0, 9), DOCUMENTS), max_size=1
+)
+INSERTED = st.lists(
+    st.tuples(st.one_of(st.none(), INSERT_IDS), DOCUMENTS, HOSTILE_FIELDS), max_size=8
+).filter(bool)
+
+
+def _insert_document(document_id: Any, fields: dict[str, Any], hostile: dict[Any, Any]) -> Any:
+    document: dict[Any, Any] = {} if document_id is None else {"_id": document_id}
+    document.update({key: value for key, value in fields.items() if key != "_id"})
+    if hostile:
+        key, value = next(iter(hostile.items()))
+        document.update(hostile if len(fields) % 2 else {"nested": {key: value}})
+    return document
+
+
+def _outcome(insert: Any) -> tuple[Any, Any]:
+    try:
+        return "inserted", insert()
+    except BulkWriteError as exc:
+        return "write errors", exc.details
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+def _counted_object_ids() -> Iterator[ObjectId]:
+    for n in range(1, 1_000):
+        yield ObjectId(f"{n:024x}")
+
+
+@given(existing=st.lists(INSERT_IDS, max_size=3), inserted=INSERTED)
+def test_the_lean_unordered_insert_is_mongomocks(existing: list[Any], inserted: list[Any]) -> None:
+    """Same ids or write errors or exception, same stored documents, same `_id` filled in."""
+    assert same(_insert(existing, inserted, lean=True), _insert(existing, inserted, lean=False))
+
+
+def _insert(existing: list[Any], inserted: list[Any], lean: bool) -> tuple[Any, ...]:
+    collection = mongomock.MongoClient().db.events
+    for document_id in existing:
+        collection.update_one({"_id": document_id}, {"$set": {"old": 1}}, upsert=True)
+    documents = [_insert_document(*parts) for parts in inserted]
+    object_ids = _counted_object_ids()
+
+    def insert() -> list[Any]:
+        if lean:
+            return embedded.insert_unordered(collection._store, documents)
+        return list(collection.insert_many(documents, ordered=False).inserted_ids)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(helpers, "patch_datetime_awareness_in_document", embedded._patch_datetimes)
+        patch.setattr(mongomock.collection, "ObjectId", lambda: next(object_ids))
+        patch.setattr(embedded, "ObjectId", lambda: next(object_ids))
+        outcome = _outcome(insert)
+    return outcome, documents, list(collection._store._documents.items())
+
+
+async def test_a_collection_with_a_unique_index_inserts_through_mongomock() -> None:
+    """Uniqueness beyond `_id` is mongomock's index walk: the lean insert is not used there."""
+    from mongomock_motor import AsyncMongoMockClient
+
+    inner = AsyncMongoMockClient().db.events
+    await inner.create_index("eventId", unique=True)
+    collection = embedded.SlicedInserts(inner, slice_size=2)
+    documents = [{"_id": f"c{n}", "eventId": f"e{n % 3}"} for n in range(5)]
+    with pytest.raises(BulkWriteError) as raised:
+        await collection.insert_many(documents, ordered=False)
+    assert [error["index"] for error in raised.value.details["writeErrors"]] == [3, 4]
+    assert await collection.count_documents({}) == 3
 
 
 async def test_a_sliced_unordered_insert_reports_like_one_insert_and_lets_others_run() -> None:
