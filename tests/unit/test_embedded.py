@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -93,6 +94,21 @@ def test_copied_is_mongomocks_copy_and_shares_nothing_mutable(document: dict[str
     stored = embedded.stored_form(document)  # what reads copy: no tuples left, lists instead
     copy = embedded.copied(stored, dict)
     assert not any(a is b for a, b in zip(_mutables(copy), _mutables(stored), strict=True))
+
+
+@given(document=DOCUMENTS)
+def test_deep_copied_is_copy_deepcopy_and_shares_nothing_mutable(document: dict[str, Any]) -> None:
+    for value in (document, embedded.stored_form(document), OrderedDict(document)):
+        copy_ = embedded.deep_copied(value)
+        assert same(copy_, copy.deepcopy(value))
+        assert not any(a is b for a, b in zip(_mutables(copy_), _mutables(value), strict=True))
+
+
+def test_deep_copied_keeps_a_shared_container_shared_as_deepcopy_does() -> None:
+    shared = {"n": [1]}
+    copy_ = embedded.deep_copied({"a": shared, "b": [shared]})
+    assert copy_["a"] is copy_["b"][0]
+    assert copy_["a"] is not shared
 
 
 def _mutables(value: Any) -> Iterator[Any]:

@@ -22,6 +22,12 @@ with one type test per value, hand every value that is not a plain dict, list or
 scalar to mongomock's own function, and are checked against it by property tests
 (tests/unit/test_embedded.py).
 
+**Cheaper snapshots.** Before each update mongomock takes a `copy.deepcopy` of the document, to
+tell whether it changed and to roll back a forbidden change; for a match summary (about a hundred
+nested counters) that was half the update's cost. `deep_copied` gives `copy.deepcopy`'s result
+for dicts, OrderedDicts and lists of immutable values with one type test per value, and leaves
+anything else, and any structure that shares a container, to `copy.deepcopy`.
+
 **A lean unordered insert.** mongomock's `Collection._insert` handles one document per call, through
 mongomock-motor's error-enriching wrapper, with a version parse, a lock per store access, an ABC
 `isinstance` per key for its key checks and a pass over the indexes for uniqueness: ~31 us per
@@ -42,8 +48,11 @@ slices' results as one (indexes of write errors relative to the whole list, as M
 from __future__ import annotations
 
 import asyncio
+import copy
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import bson
@@ -115,6 +124,7 @@ _aware_datetimes: Callable[[Any], Any] = helpers.make_datetime_timezone_aware_in
 _copy_field: Callable[[Any, Any], Any] = mongomock.collection._copy_field
 _field_check: Callable[[Mapping[str, Any]], None] = _mongomock_field_check
 _mapping_check: Callable[[str, Any], None] = _mongomock_mapping_check
+_deepcopy: Callable[[Any], Any] = copy.deepcopy
 
 
 def stored_form(value: Any) -> Any:
@@ -158,8 +168,44 @@ def copied(value: Any, container: Any) -> Any:
     return _copy_field(value, container)
 
 
+# What `copy.deepcopy` hands back as is, plus datetimes and ObjectIds: immutable, so a copy of
+# them is equal and can be told apart only by identity.
+DEEPCOPY_AS_IS = frozenset({str, int, float, bool, type(None), bytes, datetime, ObjectId})
+
+
+class _NotPlain(Exception):
+    """The value holds something `deep_copied` leaves to `copy.deepcopy`."""
+
+
+def deep_copied(value: Any) -> Any:
+    """`copy.deepcopy(value)`: equal, of the same types, sharing no container with `value`."""
+    try:
+        return _plain_copy(value, set())
+    except _NotPlain:
+        return _deepcopy(value)
+
+
+def _plain_copy(value: Any, seen: set[int]) -> Any:
+    kind = type(value)
+    if kind in DEEPCOPY_AS_IS:
+        return value
+    if kind is not dict and kind is not list and kind is not OrderedDict:
+        raise _NotPlain
+    if id(value) in seen:  # shared: `copy.deepcopy` keeps the sharing (its memo), so it decides
+        raise _NotPlain
+    seen.add(id(value))
+    if kind is list:
+        return [item if type(item) in DEEPCOPY_AS_IS else _plain_copy(item, seen) for item in value]
+    items = {k: v if type(v) in DEEPCOPY_AS_IS else _plain_copy(v, seen) for k, v in value.items()}
+    return items if kind is dict else OrderedDict(items)  # mongomock stores upserts as these
+
+
+# mongomock.collection uses its `copy` module for `copy.copy` and `copy.deepcopy` only.
+COPY_MODULE = SimpleNamespace(copy=copy.copy, deepcopy=deep_copied)
+
+
 def install_shortcuts() -> None:
-    """Install the `_id` index and the lean walks into mongomock (idempotent).
+    """Install the `_id` index, the lean walks and the snapshots into mongomock (idempotent).
 
     mongomock looks these functions up at call time (`helpers.<name>`, module globals), so the
     replacements serve every collection, including those created before."""
@@ -167,6 +213,7 @@ def install_shortcuts() -> None:
     helpers.patch_datetime_awareness_in_document = stored_form
     helpers.make_datetime_timezone_aware_in_document = aware_form
     mongomock.collection._copy_field = copied
+    mongomock.collection.copy = COPY_MODULE  # type: ignore[attr-defined, assignment]
 
 
 DUPLICATE_KEY_MESSAGE = str(DuplicateKeyError("E11000 Duplicate Key Error", 11000))

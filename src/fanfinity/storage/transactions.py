@@ -16,6 +16,8 @@ from pymongo import WriteConcern
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 
+from fanfinity.storage.embedded import deep_copied
+
 T = TypeVar("T")
 # The longest one unit of work may take on MongoDB, retries included, before it gives up and the
 # aggregator's backoff takes over. PyMongo's own `with_transaction` retries for 120 s with no
@@ -167,10 +169,20 @@ class JournaledCollection:
     async def update_one(
         self, filter: Mapping[str, Any], update: Any, upsert: bool = False, session: Any = None
     ) -> Any:
-        before = await self._collection.find_one(filter) if session is not None else None
+        before = self._stored_copy(filter) if session is not None else None
         result = await self._collection.update_one(filter, update, upsert=upsert)
         self._remember(session, [before] if before else [], result.upserted_id)
         return result
+
+    def _stored_copy(self, filter: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A copy of the document `update_one(filter)` is about to change: the first one
+        mongomock's `_iter_documents` yields, as its update takes it. Copied as stored rather
+        than read through `find_one` (copy, then datetimes made aware): it is only ever written
+        back, and the write stores it the same either way."""
+        for document in self._collection._iter_documents(filter):
+            copy: dict[str, Any] = deep_copied(document)
+            return copy
+        return None
 
     async def update_many(
         self, filter: Mapping[str, Any], update: Any, upsert: bool = False, session: Any = None
