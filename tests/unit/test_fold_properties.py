@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from fanfinity.config import Settings
 from fanfinity.pipeline.aggregator import Aggregator
-from fanfinity.pipeline.fold import fold_events
+from fanfinity.pipeline.fold import fold_events, minute_key
 from fanfinity.schemas import EventType
 from fanfinity.storage.engine import open_engine
 from fanfinity.storage.repositories import CheckpointConflict, SummaryRepository
@@ -178,3 +178,16 @@ def test_redelivered_checkpointed_batches_are_counted_once(
             engine.close()
 
     asyncio.run(scenario())
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=3)), timezone(-timedelta(hours=5))]
+        ),
+    )
+)
+def test_a_minute_key_is_the_utc_minute_as_strftime_writes_it(moment: datetime) -> None:
+    assert minute_key(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")

