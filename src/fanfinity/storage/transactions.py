@@ -180,8 +180,8 @@ class JournaledCollection:
         than read through `find_one` (copy, then datetimes made aware): it is only ever written
         back, and the write stores it the same either way."""
         for document in self._collection._iter_documents(filter):
-            copy: dict[str, Any] = deep_copied(document)
-            return copy
+            snapshot: dict[str, Any] = deep_copied(document)
+            return snapshot
         return None
 
     async def update_many(
