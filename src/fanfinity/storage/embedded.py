@@ -168,9 +168,9 @@ def copied(value: Any, container: Any) -> Any:
     return _copy_field(value, container)
 
 
-# What `copy.deepcopy` hands back as is, plus datetimes and ObjectIds: immutable, so a copy of
-# them is equal and can be told apart only by identity.
-DEEPCOPY_AS_IS = frozenset({str, int, float, bool, type(None), bytes, datetime, ObjectId})
+# The walks' unchanged values plus datetimes: all immutable, so handing them back as they are
+# gives what `copy.deepcopy` gives, told apart only by identity.
+DEEPCOPY_AS_IS = UNCHANGED | {datetime}
 
 
 class _NotPlain(Exception):
@@ -303,12 +303,8 @@ class SlicedInserts:
     async def _insert_many(
         self, documents: list[Mapping[str, Any]], ordered: bool, **options: Any
     ) -> Any:
-        if ordered:
-            return await self._collection.insert_many(documents, ordered=True, **options)
-        if len(documents) <= self._slice_size:
-            return InsertManyResult(
-                await self._insert_unordered(documents, **options), acknowledged=True
-            )
+        if ordered or not documents:  # mongomock's own whole insert, or its empty-list error
+            return await self._collection.insert_many(documents, ordered=ordered, **options)
         inserted_ids: list[Any] = []
         write_errors: list[dict[str, Any]] = []
         for start in range(0, len(documents), self._slice_size):
