@@ -1,0 +1,152 @@
+"""What the protocol hands the socket: a response with a length is one write (head and body
+together), a stream's head goes out at once, `100 Continue` before the body is read, and a
+head-only answer is not held back, pipelined or not.
+
+Driven through `GuardedHttpToolsProtocol` itself with a transport that records each write, which
+is what becomes one send(2) with uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from fanfinity.api.protocol import GuardedHttpToolsProtocol
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def fixed_answer(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """A small JSON answer with its length, after reading the whole body."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = b'{"ok":true}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def connected(app: Any) -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
+    config = Config(app=app, lifespan="off", log_config=None)
+    protocol = GuardedHttpToolsProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def settled() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_response_with_a_length_is_one_write_of_head_and_body() -> None:
+    protocol, transport = await connected(fixed_answer)
+    protocol.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    await settled()
+    assert len(transport.writes) == 1
+    head, body = transport.writes[0].split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"content-length: 11" in head
+    assert body == b'{"ok":true}'
+    protocol.data_received(b"GET /y HTTP/1.1\r\nHost: t\r\n\r\n")  # the next request: the same
+    await settled()
+    assert len(transport.writes) == 2
+    assert transport.writes[1].endswith(b'\r\n\r\n{"ok":true}')
+    protocol.connection_lost(None)
+
+
+async def test_a_streamed_response_writes_its_head_before_the_first_chunk() -> None:
+    release_first_chunk = asyncio.Event()
+
+    async def stream(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await release_first_chunk.wait()
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = await connected(stream)
+    protocol.data_received(b"GET /s/stream HTTP/1.1\r\nHost: t\r\n\r\n")
+    await settled()
+    assert len(transport.writes) == 1  # the head alone, while the stream has nothing to say
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding: chunked" in transport.writes[0]
+    release_first_chunk.set()
+    await settled()
+    assert transport.writes[1:] == [b"9\r\ndata: 1\n\n\r\n", b"0\r\n\r\n"]
+    protocol.connection_lost(None)
+
+
+async def test_100_continue_goes_out_before_the_body_arrives() -> None:
+    protocol, transport = await connected(fixed_answer)
+    protocol.data_received(
+        b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await settled()
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    protocol.data_received(b"abcd")
+    await settled()
+    assert len(transport.writes) == 2
+    assert transport.writes[1].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.writes[1].endswith(b'{"ok":true}')
+    protocol.connection_lost(None)
+
+
+async def test_head_only_answers_are_written_even_when_pipelined() -> None:
+    protocol, transport = await connected(fixed_answer)
+    protocol.data_received(b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\nGET /y HTTP/1.1\r\nHost: t\r\n\r\n")
+    await settled()
+    joined = b"".join(transport.writes)
+    first, second = joined.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert first.endswith(b"\r\n\r\n")  # HEAD: the head alone, nothing after it
+    assert second.endswith(b'\r\n\r\n{"ok":true}')
+    protocol.connection_lost(None)
+
+
+async def test_an_app_that_fails_after_its_head_still_sends_the_head_and_closes() -> None:
+    async def fails_mid_response(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", b"100")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        raise RuntimeError("lost its data source")
+
+    protocol, transport = await connected(fails_mid_response)
+    protocol.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    await settled()
+    assert transport.closed
+    assert len(transport.writes) == 1
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    protocol.connection_lost(None)
