@@ -1,6 +1,7 @@
 """What the protocol hands the socket: a response with a length is one write (head and body
 together), a stream's head goes out at once, `100 Continue` before the body is read, and a
-head-only answer is not held back, pipelined or not.
+head-only answer is not held back, pipelined or not. And when it closes idle connections: each
+at its own head deadline, timed by one sweep.
 
 Driven through `GuardedHttpToolsProtocol` itself with a transport that records each write, which
 is what becomes one send(2) with uvloop."""
@@ -8,13 +9,14 @@ is what becomes one send(2) with uvloop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from fanfinity.api.protocol import GuardedHttpToolsProtocol
+from fanfinity.api.protocol import HEAD_SWEEP_S, ConnectionLimits, GuardedHttpToolsProtocol
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -150,3 +152,66 @@ async def test_an_app_that_fails_after_its_head_still_sends_the_head_and_closes(
     assert len(transport.writes) == 1
     assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     protocol.connection_lost(None)
+
+
+HEAD_TIMEOUT_S = 0.5
+
+
+@pytest.fixture
+def short_head_timeout() -> Iterator[None]:
+    previous = GuardedHttpToolsProtocol.limits
+    GuardedHttpToolsProtocol.configure(
+        ConnectionLimits(max_connections=100, reserve=10, head_timeout_s=HEAD_TIMEOUT_S)
+    )
+    yield
+    GuardedHttpToolsProtocol.configure(previous)
+
+
+async def test_each_idle_connection_is_closed_at_its_own_head_deadline(
+    short_head_timeout: None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first, first_transport = await connected(fixed_answer)
+    await asyncio.sleep(HEAD_TIMEOUT_S / 2)
+    second, second_transport = await connected(fixed_answer)
+    await asyncio.sleep(HEAD_TIMEOUT_S / 4)
+    answered, answered_transport = await connected(fixed_answer)
+    answered.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")  # its next head is due later
+    await settled()
+    assert len(answered_transport.writes) == 1
+
+    await asyncio.sleep(started + HEAD_TIMEOUT_S + 2 * HEAD_SWEEP_S - loop.time())
+    assert first_transport.closed  # idle since it opened: closed quietly, nothing written
+    assert first_transport.writes == []
+    assert not second_transport.closed
+    assert not answered_transport.closed
+
+    await asyncio.sleep(started + 1.5 * HEAD_TIMEOUT_S + 2 * HEAD_SWEEP_S - loop.time())
+    assert second_transport.closed
+    assert not answered_transport.closed  # a head arrived: the clock restarted after the answer
+
+    await asyncio.sleep(started + 1.75 * HEAD_TIMEOUT_S + 2 * HEAD_SWEEP_S - loop.time())
+    assert answered_transport.closed
+    for protocol in (first, second, answered):
+        protocol.connection_lost(None)
+
+
+async def test_a_head_that_stops_half_way_is_answered_408_at_its_deadline(
+    short_head_timeout: None,
+) -> None:
+    protocol, transport = await connected(fixed_answer)
+    protocol.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+    await asyncio.sleep(HEAD_TIMEOUT_S + 2 * HEAD_SWEEP_S)
+    assert transport.writes[0].startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    protocol.connection_lost(None)
+
+
+async def test_a_crowd_of_idle_connections_is_closed_in_the_same_sweep(
+    short_head_timeout: None,
+) -> None:
+    crowd = [await connected(fixed_answer) for _ in range(200)]  # a slowloris crowd, in small
+    await asyncio.sleep(HEAD_TIMEOUT_S + 2 * HEAD_SWEEP_S)
+    assert [transport.closed for _, transport in crowd] == [True] * len(crowd)
+    for protocol, _ in crowd:
+        protocol.connection_lost(None)
