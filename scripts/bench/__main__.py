@@ -1,7 +1,8 @@
 """Benchmark: the service against a bare Litestar app on the same server settings, on loopback.
 
 Starts both with uvicorn (1 worker, uvloop, httptools), drives them with wrk, and prints for ingest,
-metric reads and reads during ingest: requests/s, p50/p99, errors and the service/bare ratio. Then
+metric reads and reads during ingest: requests/s, p50/p99, errors and the service/bare ratio, the
+bare app's figures being the mean of a run just before and one just after the service's. Then
 checks zero loss (acknowledged <= stored == counted, at one settled moment), read latency against
 match size, and RSS.
 
@@ -21,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from scripts.bench.wrk import WrkResult, id_prefix, mixed, run_wrk
+from scripts.bench.wrk import WrkResult, id_prefix, mean_of, mixed, run_wrk
 from scripts.bench.zero_loss import Reading, judge, wait_until_settled
 from scripts.helpers import (
     counted_events,
@@ -173,38 +174,54 @@ def main() -> int:
     print(f"wrk: {threads} thread(s), {connections} connections, {duration:g}s per run")
     print(f"server logs: {LOG_DIR}\n")
     bare_ready = f"{bare_url}/api/matches/m-1/metrics"
-    with running_process(bare_command, base_env, bare_ready, LOG_DIR / "bare.log"):
-        run_wrk(bare_url, "ingest.lua", ingest_args("warm"), 2, connections, threads)
-        bare_ingest = run_wrk(
-            bare_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
-        )
-        bare_read = run_wrk(bare_url, "read.lua", [read_path], duration, connections, threads)
-        _, bare_mixed_read = mixed(
-            bare_url, ingest_args(run_id + "x"), read_path, duration, connections, threads
-        )
-
     service_ready = f"{service_url}/health/ready"
-    with running_process(
-        service_command, service_env, service_ready, LOG_DIR / "service.log"
-    ) as process:
+    with (
+        running_process(bare_command, base_env, bare_ready, LOG_DIR / "bare.log"),
+        running_process(
+            service_command, service_env, service_ready, LOG_DIR / "service.log"
+        ) as process,
+    ):
         rss_start = rss_mib(process.pid)
+
+        def bare_ingest() -> WrkResult:
+            return run_wrk(
+                bare_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
+            )
+
+        def bare_read() -> WrkResult:
+            return run_wrk(bare_url, "read.lua", [read_path], duration, connections, threads)
+
+        def bare_mixed_read() -> WrkResult:
+            bare_args = ingest_args(run_id + "x")
+            return mixed(bare_url, bare_args, read_path, duration, connections, threads)[1]
+
+        # The bare app runs just before and just after each service run, and the ratio is to the
+        # mean of the two: this VM's speed drifts by tens of per cent within a minute, and a
+        # baseline measured a minute earlier compared the drift, not the service.
+        run_wrk(bare_url, "ingest.lua", ingest_args("warm"), 2, connections, threads)
         run_wrk(service_url, "ingest.lua", ingest_args("warm" + run_id), 2, connections, threads)
+        bare_ingest_runs = [bare_ingest()]
         service_ingest = run_wrk(
             service_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
         )
+        bare_ingest_runs.append(bare_ingest())
         wait_for_total(service_url, run_match_ids(run_id), service_ingest.ok, timeout_s=60)
+        bare_read_runs = [bare_read()]
         service_read = run_wrk(service_url, "read.lua", [read_path], duration, connections, threads)
+        bare_read_runs.append(bare_read())
+        bare_mixed_runs = [bare_mixed_read()]
         mixed_ingest, service_mixed_read = mixed(
             service_url, ingest_args(run_id + "m"), read_path, duration, connections, threads
         )
+        bare_mixed_runs.append(bare_mixed_read())
         rss_after_load = rss_mib(process.pid)
         loss = zero_loss_check(service_url, run_id, service_ingest.ok + mixed_ingest.ok)
         size_rows = [] if args.skip_sizes else size_scaling(service_url, run_id, threads)
         rss_end = rss_mib(process.pid)
 
-    results["ingest POST /api/events"] = (service_ingest, bare_ingest)
-    results["read GET .../metrics"] = (service_read, bare_read)
-    results["read during ingest"] = (service_mixed_read, bare_mixed_read)
+    results["ingest POST /api/events"] = (service_ingest, mean_of(bare_ingest_runs))
+    results["read GET .../metrics"] = (service_read, mean_of(bare_read_runs))
+    results["read during ingest"] = (service_mixed_read, mean_of(bare_mixed_runs))
     results["ingest during reads"] = (mixed_ingest, None)
     print(
         "| run                        | service/s | p50/p99 ms    | errors "
@@ -215,6 +232,15 @@ def main() -> int:
     )
     for name, (service, bare) in results.items():
         print(row(name, service, bare))
+    drift = ", ".join(
+        f"{name} {runs[0].requests_per_s:.0f} / {runs[1].requests_per_s:.0f}"
+        for name, runs in (
+            ("ingest", bare_ingest_runs),
+            ("read", bare_read_runs),
+            ("during ingest", bare_mixed_runs),
+        )
+    )
+    print(f"bare/s is the mean of a run just before and one just after the service's: {drift}")
     print()
     print(loss)
     for line in size_rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,18 @@ class WrkResult:
     p99_ms: float
     ok: int
     errors: int
+
+
+def mean_of(runs: Sequence[WrkResult]) -> WrkResult:
+    """One baseline from several runs of the same load: mean rate and latencies, summed counts."""
+    count = len(runs)
+    return WrkResult(
+        requests_per_s=sum(run.requests_per_s for run in runs) / count,
+        p50_ms=sum(run.p50_ms for run in runs) / count,
+        p99_ms=sum(run.p99_ms for run in runs) / count,
+        ok=sum(run.ok for run in runs),
+        errors=sum(run.errors for run in runs),
+    )
 
 
 def id_prefix() -> str:

@@ -17,6 +17,7 @@ from litestar import Litestar
 
 from fanfinity.__main__ import raise_open_files_limit
 from scripts.bench import __main__ as bench
+from scripts.bench.wrk import mean_of, parse_wrk
 from scripts.helpers import (
     counted_events,
     free_port,
@@ -135,3 +136,22 @@ async def test_the_benchmark_loads_a_match_through_the_batch_endpoint(
                 break
             await asyncio.sleep(0.05)
     assert total == 700
+
+
+def test_the_benchmark_compares_the_service_with_the_bare_runs_around_it() -> None:
+    before = parse_wrk(
+        "Requests/sec:   6000.00\nRESULT accepted=60000 failed=0 p50_us=9000 p99_us=16000 "
+        "requests=60000\n"
+    )
+    after = parse_wrk(
+        "Requests/sec:   4000.00\nSocket errors: connect 0, read 1, write 0, timeout 0\n"
+        "RESULT accepted=40000 failed=2 p50_us=11000 p99_us=20000 requests=40002\n"
+    )
+    service = parse_wrk(
+        "Requests/sec:   2500.00\nRESULT accepted=25000 failed=0 p50_us=25000 p99_us=40000 "
+        "requests=25000\n"
+    )
+    baseline = mean_of([before, after])
+    assert (baseline.requests_per_s, baseline.p50_ms, baseline.p99_ms) == (5000.0, 10.0, 18.0)
+    assert (baseline.ok, baseline.errors) == (100_000, 3)
+    assert bench.row("ingest", service, baseline).endswith("|      5000 |  10.00/18.00  |  0.50 |")
