@@ -6,7 +6,7 @@ bare app's figures being the mean of a run just before and one just after the se
 checks zero loss (acknowledged <= stored == counted, at one settled moment), read latency against
 match size, and RSS.
 
-    make bench                       # defaults finish in about a minute
+    make bench                       # defaults finish in about two minutes
     uv run python -m scripts.bench --duration 20 --connections 64
 """
 
