@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import signal
 import socket
@@ -86,6 +87,16 @@ def rss_mib(pid: int) -> float:
         return math.nan
     match = re.search(r"VmRSS:\s+(\d+) kB", status)
     return int(match.group(1)) / 1024 if match else math.nan
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, seconds (NaN when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (name)": state is field 3, so
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # 14 utime, 15 stime
 
 
 # --- HTTP --------------------------------------------------------------------------------------

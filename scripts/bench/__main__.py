@@ -2,7 +2,8 @@
 
 Starts both with uvicorn (1 worker, uvloop, httptools), drives them with wrk, and prints for ingest,
 metric reads and reads during ingest: requests/s, p50/p99, errors and the service/bare ratio, the
-bare app's figures being the mean of a run just before and one just after the service's. Then
+bare app's figures being the mean of a run just before and one just after the service's, and each
+server's CPU per request over the same runs. Then
 checks zero loss (acknowledged <= stored == counted, at one settled moment), read latency against
 match size, and RSS.
 
@@ -20,12 +21,15 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from scripts.bench.wrk import WrkResult, id_prefix, mean_of, mixed, run_wrk
 from scripts.bench.zero_loss import Reading, judge, wait_until_settled
 from scripts.helpers import (
     counted_events,
+    cpu_seconds,
     free_port,
     http_request,
     metric_total,
@@ -97,14 +101,50 @@ def zero_loss_check(base: str, run_id: str, acknowledged: int) -> str:
     return f"zero loss (stored and counted include the warm-up): {verdict.text}"
 
 
-def row(name: str, service: WrkResult, bare: WrkResult | None) -> str:
+def measured(pid: int, run: Callable[[], WrkResult]) -> WrkResult:
+    """`run`'s result with the CPU the server (`pid`) spent per request during it."""
+    before = cpu_seconds(pid)
+    result = run()
+    used_us = (cpu_seconds(pid) - before) * 1e6
+    return replace(result, server_cpu_us=used_us / max(result.requests, 1))
+
+
+def measured_mixed(
+    pid: int, run: Callable[[], tuple[WrkResult, WrkResult]]
+) -> tuple[WrkResult, WrkResult]:
+    """As `measured`, for a run of two loads at once: the CPU per request of both together."""
+    before = cpu_seconds(pid)
+    first, second = run()
+    per_request = (cpu_seconds(pid) - before) * 1e6 / max(first.requests + second.requests, 1)
+    return replace(first, server_cpu_us=per_request), replace(second, server_cpu_us=per_request)
+
+
+HEADER = (
+    "| run                        | service/s | p50/p99 ms    | errors "
+    "|    bare/s | bare p50/p99  | ratio | CPU us/req service, bare, ratio |"
+)
+RULE = (
+    "|----------------------------|-----------|---------------|--------"
+    "|-----------|---------------|-------|---------------------------------|"
+)
+
+
+def row(name: str, service: WrkResult, bare: WrkResult | None, same_mix: bool = True) -> str:
+    """One table line. `same_mix` is false when the service and bare answered different mixes of
+    requests (reads during ingest: the service's reads are faster than its writes, bare's are
+    not), so their CPU per request cannot be compared."""
     ratio = f"{service.requests_per_s / bare.requests_per_s:.2f}" if bare else "-"
     bare_rate = f"{bare.requests_per_s:>9.0f}" if bare else f"{'-':>9}"
     bare_lat = f"{bare.p50_ms:>6.2f}/{bare.p99_ms:<6.2f}" if bare else f"{'-':>13}"
+    if bare:  # the ratio: the service's throughput against bare's at equal CPU
+        cpu = f"{service.server_cpu_us:.0f}, {bare.server_cpu_us:.0f}, "
+        cpu += f"{bare.server_cpu_us / service.server_cpu_us:.2f}" if same_mix else "-"
+    else:
+        cpu = f"{service.server_cpu_us:.0f}, -, -"
     return (
         f"| {name:<26} | {service.requests_per_s:>9.0f} "
         f"| {service.p50_ms:>6.2f}/{service.p99_ms:<6.2f}"
-        f" | {service.errors:>6} | {bare_rate} | {bare_lat} | {ratio:>5} |"
+        f" | {service.errors:>6} | {bare_rate} | {bare_lat} | {ratio:>5} | {cpu:<31} |"
     )
 
 
@@ -176,7 +216,7 @@ def main() -> int:
     bare_ready = f"{bare_url}/api/matches/m-1/metrics"
     service_ready = f"{service_url}/health/ready"
     with (
-        running_process(bare_command, base_env, bare_ready, LOG_DIR / "bare.log"),
+        running_process(bare_command, base_env, bare_ready, LOG_DIR / "bare.log") as bare_process,
         running_process(
             service_command, service_env, service_ready, LOG_DIR / "service.log"
         ) as process,
@@ -184,16 +224,25 @@ def main() -> int:
         rss_start = rss_mib(process.pid)
 
         def bare_ingest() -> WrkResult:
-            return run_wrk(
-                bare_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
+            return measured(
+                bare_process.pid,
+                lambda: run_wrk(
+                    bare_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
+                ),
             )
 
         def bare_read() -> WrkResult:
-            return run_wrk(bare_url, "read.lua", [read_path], duration, connections, threads)
+            return measured(
+                bare_process.pid,
+                lambda: run_wrk(bare_url, "read.lua", [read_path], duration, connections, threads),
+            )
 
         def bare_mixed_read() -> WrkResult:
             bare_args = ingest_args(run_id + "x")
-            return mixed(bare_url, bare_args, read_path, duration, connections, threads)[1]
+            return measured_mixed(
+                bare_process.pid,
+                lambda: mixed(bare_url, bare_args, read_path, duration, connections, threads),
+            )[1]
 
         # The bare app runs just before and just after each service run, and the ratio is to the
         # mean of the two: this VM's speed drifts by tens of per cent within a minute, and a
@@ -201,17 +250,25 @@ def main() -> int:
         run_wrk(bare_url, "ingest.lua", ingest_args("warm"), 2, connections, threads)
         run_wrk(service_url, "ingest.lua", ingest_args("warm" + run_id), 2, connections, threads)
         bare_ingest_runs = [bare_ingest()]
-        service_ingest = run_wrk(
-            service_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
+        service_ingest = measured(
+            process.pid,
+            lambda: run_wrk(
+                service_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
+            ),
         )
         bare_ingest_runs.append(bare_ingest())
         wait_for_total(service_url, run_match_ids(run_id), service_ingest.ok, timeout_s=60)
         bare_read_runs = [bare_read()]
-        service_read = run_wrk(service_url, "read.lua", [read_path], duration, connections, threads)
+        service_read = measured(
+            process.pid,
+            lambda: run_wrk(service_url, "read.lua", [read_path], duration, connections, threads),
+        )
         bare_read_runs.append(bare_read())
         bare_mixed_runs = [bare_mixed_read()]
-        mixed_ingest, service_mixed_read = mixed(
-            service_url, ingest_args(run_id + "m"), read_path, duration, connections, threads
+        service_args = ingest_args(run_id + "m")
+        mixed_ingest, service_mixed_read = measured_mixed(
+            process.pid,
+            lambda: mixed(service_url, service_args, read_path, duration, connections, threads),
         )
         bare_mixed_runs.append(bare_mixed_read())
         rss_after_load = rss_mib(process.pid)
@@ -223,15 +280,10 @@ def main() -> int:
     results["read GET .../metrics"] = (service_read, mean_of(bare_read_runs))
     results["read during ingest"] = (service_mixed_read, mean_of(bare_mixed_runs))
     results["ingest during reads"] = (mixed_ingest, None)
-    print(
-        "| run                        | service/s | p50/p99 ms    | errors "
-        "|    bare/s | bare p50/p99  | ratio |"
-    )
-    print(
-        "|----------------------------|-----------|---------------|--------|-----------|---------------|-------|"
-    )
+    print(HEADER)
+    print(RULE)
     for name, (service, bare) in results.items():
-        print(row(name, service, bare))
+        print(row(name, service, bare, same_mix=name != "read during ingest"))
     drift = ", ".join(
         f"{name} {runs[0].requests_per_s:.0f} / {runs[1].requests_per_s:.0f}"
         for name, runs in (
@@ -241,6 +293,10 @@ def main() -> int:
         )
     )
     print(f"bare/s is the mean of a run just before and one just after the service's: {drift}")
+    print(
+        "CPU us/req: each server's user + system CPU over the run (/proc/<pid>/stat) per request;"
+        " bare's over the service's is their throughput ratio at equal CPU"
+    )
     print()
     print(loss)
     for line in size_rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import uuid
@@ -19,6 +20,8 @@ class WrkResult:
     p99_ms: float
     ok: int
     errors: int
+    requests: int = 0
+    server_cpu_us: float = math.nan  # the server's CPU per request over the run, when measured
 
 
 def mean_of(runs: Sequence[WrkResult]) -> WrkResult:
@@ -30,6 +33,8 @@ def mean_of(runs: Sequence[WrkResult]) -> WrkResult:
         p99_ms=sum(run.p99_ms for run in runs) / count,
         ok=sum(run.ok for run in runs),
         errors=sum(run.errors for run in runs),
+        requests=sum(run.requests for run in runs),
+        server_cpu_us=sum(run.server_cpu_us for run in runs) / count,
     )
 
 
@@ -82,6 +87,7 @@ def parse_wrk(output: str) -> WrkResult:
         p99_ms=int(result.group(4)) / 1000,
         ok=int(result.group(1)),
         errors=int(result.group(2)) + socket_errors,
+        requests=int(result.group(5)),
     )
 
 

@@ -8,7 +8,9 @@ import math
 import os
 import resource
 import socket
+import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import httpx
@@ -20,6 +22,7 @@ from scripts.bench import __main__ as bench
 from scripts.bench.wrk import mean_of, parse_wrk
 from scripts.helpers import (
     counted_events,
+    cpu_seconds,
     free_port,
     metric_total,
     parse_prometheus,
@@ -151,7 +154,20 @@ def test_the_benchmark_compares_the_service_with_the_bare_runs_around_it() -> No
         "Requests/sec:   2500.00\nRESULT accepted=25000 failed=0 p50_us=25000 p99_us=40000 "
         "requests=25000\n"
     )
-    baseline = mean_of([before, after])
+    baseline = mean_of([replace(before, server_cpu_us=150), replace(after, server_cpu_us=250)])
     assert (baseline.requests_per_s, baseline.p50_ms, baseline.p99_ms) == (5000.0, 10.0, 18.0)
-    assert (baseline.ok, baseline.errors) == (100_000, 3)
-    assert bench.row("ingest", service, baseline).endswith("|      5000 |  10.00/18.00  |  0.50 |")
+    assert (baseline.ok, baseline.errors, baseline.requests) == (100_000, 3, 100_002)
+    line = bench.row("ingest", replace(service, server_cpu_us=400), baseline)
+    cells = [cell.strip() for cell in line.split("|")[1:-1]]
+    assert cells[4:] == ["5000", "10.00/18.00", "0.50", "400, 200, 0.50"]
+    mixed = bench.row("reads during ingest", replace(service, server_cpu_us=300), baseline, False)
+    assert mixed.split("|")[-2].strip() == "300, 200, -"  # different mixes: no CPU ratio
+
+
+def test_the_cpu_a_process_used_is_read_from_proc() -> None:
+    started_s, before = time.process_time(), cpu_seconds(os.getpid())
+    while time.process_time() - started_s < 0.3:
+        sum(range(1000))
+    used = cpu_seconds(os.getpid()) - before
+    assert 0.2 <= used <= 0.5  # clock ticks of 10 ms
+    assert math.isnan(cpu_seconds(2**22 + 1))  # beyond pid_max: no such process
