@@ -215,3 +215,24 @@ async def test_a_crowd_of_idle_connections_is_closed_in_the_same_sweep(
     assert [transport.closed for _, transport in crowd] == [True] * len(crowd)
     for protocol, _ in crowd:
         protocol.connection_lost(None)
+
+
+async def test_a_connection_left_by_a_finished_event_loop_does_not_hold_up_the_sweep(
+    short_head_timeout: None,
+) -> None:
+    gone = asyncio.new_event_loop()
+    gone.close()
+    config = Config(app=fixed_answer, lifespan="off", log_config=None)
+    stale = GuardedHttpToolsProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=gone
+    )
+    loop = asyncio.get_running_loop()
+    GuardedHttpToolsProtocol._waiting[stale] = loop.time() + 100  # due long after ours
+    try:
+        protocol, transport = await connected(fixed_answer)
+        await asyncio.sleep(HEAD_TIMEOUT_S + 2 * HEAD_SWEEP_S)
+        assert transport.closed
+        assert stale not in GuardedHttpToolsProtocol._waiting
+        protocol.connection_lost(None)
+    finally:
+        GuardedHttpToolsProtocol._waiting.pop(stale, None)

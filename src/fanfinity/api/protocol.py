@@ -207,6 +207,10 @@ def stream_connection(scope: Any) -> StreamConnection | None:
     return connection if isinstance(connection, StreamConnection) else None
 
 
+def _nothing() -> None:
+    pass
+
+
 class HeadWithBody:
     """The request cycle's transport: a response head that announces a length is held until its
     body's first write and goes out with it in one write.
@@ -259,7 +263,8 @@ class HeadWithBody:
 
     def _completed(self) -> None:
         self.release()
-        self._on_response()
+        on_response, self._on_response = self._on_response, _nothing
+        on_response()  # and let go of the protocol: the finished cycle no longer refers to it
 
     def close(self) -> None:
         self.release()
@@ -344,11 +349,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         now = loop.time()
         while waiting:
             protocol, deadline = next(iter(waiting.items()))
+            if protocol.loop is not loop:  # left by a loop that is gone (tests), with its socket
+                del waiting[protocol]
+                continue
             if deadline > now:
                 break
             del waiting[protocol]
-            if protocol.loop is loop:  # (a loop of an earlier test run is gone; so is its socket)
-                protocol._head_timed_out()
+            protocol._head_timed_out()
         if waiting:
             next_sweep = max(next(iter(waiting.values())), now + HEAD_SWEEP_S)
             GuardedHttpToolsProtocol._head_sweep = (
