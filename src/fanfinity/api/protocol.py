@@ -47,7 +47,7 @@ FILES_KEPT_FOR_THE_PROCESS = 1_000  # store connections, log files, the listener
 # closing a socket with unread input sends a reset, which makes the client lose the answer.
 LINGER_S = 1.0
 LINGER_BYTES = 64 * 1024  # read and dropped at most; then reading pauses until the close
-HEAD_SWEEP_S = 0.05  # overdue heads are looked for at most this often
+JOIN_MAX_BYTES = 64 * 1024  # a larger body is written after its head, not copied to join it
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +223,13 @@ class HeadWithBody:
     its transport (uvicorn 0.54's `httptools_impl`), which is all this offers.
 
     Only the head is ever held, and only once the response has started (a `100 Continue` goes out
-    at once); a chunked head (a live stream, whose frames the hub writes to the transport itself)
-    is never held; a head-only response (HEAD) is released when the response completes (the
-    cycle's own `on_response`, so a pipelined successor cannot take its place) or the connection
-    closes.
+    at once). Never held: a chunked head (a live stream, whose frames the hub writes to the
+    transport itself) and a HEAD answer's (it has no body write to join). A body over
+    `JOIN_MAX_BYTES` is not copied to join it: the head goes just before it. A head still held is
+    written when the response completes (the cycle's own `on_response`), when the cycle closes
+    the connection, and before the protocol closes it (`GuardedHttpToolsProtocol`). A handler
+    that awaits between its head and a body with a length (a file read) sends its head with that
+    body.
     """
 
     __slots__ = ("_cycle", "_head", "_on_response", "is_closing", "transport")
@@ -234,8 +237,8 @@ class HeadWithBody:
     def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
         self.transport = transport
         self.is_closing = transport.is_closing
-        # Kept only until the head has gone by, so that a finished cycle is not left in a
-        # reference cycle with its transport (freed by reference counting, not the collector).
+        # Kept only until the head has gone by or the connection is lost (`detach`), so that no
+        # reference cycle keeps a finished connection from being freed by reference counting.
         self._cycle: RequestResponseCycle | None = cycle
         self._head: bytes | None = None
         self._on_response = cycle.on_response
@@ -244,13 +247,16 @@ class HeadWithBody:
     def write(self, data: bytes) -> None:
         head = self._head
         if head is not None:
+            if len(data) <= JOIN_MAX_BYTES:
+                data = head + data
+            else:
+                self.transport.write(head)
             self._head = None
-            data = head + data
         else:
             cycle = self._cycle
             if cycle is not None and cycle.response_started:
                 self._cycle = None
-                if not cycle.chunked_encoding:
+                if not cycle.chunked_encoding and cycle.scope["method"] != "HEAD":
                     self._head = data
                     return
         self.transport.write(data)
@@ -261,13 +267,20 @@ class HeadWithBody:
         if head is not None:
             self.transport.write(head)
 
+    def detach(self) -> None:
+        """The connection is gone: drop what is held and every reference back to the cycle and
+        the protocol."""
+        self._head = self._cycle = None
+        self._on_response = _nothing
+
     def _completed(self) -> None:
         self.release()
         on_response, self._on_response = self._on_response, _nothing
-        on_response()  # and let go of the protocol: the finished cycle no longer refers to it
+        on_response()
 
     def close(self) -> None:
         self.release()
+        self._on_response = _nothing
         self.transport.close()
 
 
@@ -275,17 +288,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """See the module docstring. Set `limits` with `configure()` before serving."""
 
     limits: ClassVar[ConnectionLimits] = ConnectionLimits(max_connections=19_000, reserve=1_000)
-    # Connections waiting for a request head, oldest first (a dict keeps insertion order), each
-    # with the loop time its head is due by. All wait the same `head_timeout_s`, so the deadlines
-    # come in that order too: one timer (`_head_sweep`) serves them all, instead of one per
-    # request (arming and cancelling a timer costs ~3 us here).
-    _waiting: ClassVar[dict[GuardedHttpToolsProtocol, float]] = {}
-    _head_sweep: ClassVar[tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None] = None
+    # Connections waiting for a request head, oldest first (a dict keeps insertion order).
+    _waiting: ClassVar[dict[GuardedHttpToolsProtocol, None]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading_head = True
         self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_pending = False
         self._write_timer: asyncio.TimerHandle | None = None
@@ -312,6 +322,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._waiting.pop(self, None)
         self._cancel_timers()
         super().connection_lost(exc)
+        for cycle in (self.cycle, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and isinstance(cycle.transport, HeadWithBody):
+                cycle.transport.detach()
         if self._streams:
             streams, self._streams = self._streams, None
             for stream in streams:
@@ -329,42 +342,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return False
 
     def _wait_for_head(self) -> None:
-        waiting = self._waiting
-        waiting.pop(self, None)  # to the back of the line
-        deadline = self.loop.time() + self.limits.head_timeout_s
-        waiting[self] = deadline
-        sweep = GuardedHttpToolsProtocol._head_sweep
-        if sweep is None or sweep[0] is not self.loop:
-            GuardedHttpToolsProtocol._head_sweep = (
-                self.loop,
-                self.loop.call_at(deadline, self._sweep_heads, self.loop),
-            )
-
-    @staticmethod
-    def _sweep_heads(loop: asyncio.AbstractEventLoop) -> None:
-        """Time out every connection whose head is overdue, then wait for the next deadline (at
-        least `HEAD_SWEEP_S` away: a head is timed out at most that much late)."""
-        GuardedHttpToolsProtocol._head_sweep = None
-        waiting = GuardedHttpToolsProtocol._waiting
-        now = loop.time()
-        while waiting:
-            protocol, deadline = next(iter(waiting.items()))
-            if protocol.loop is not loop:  # left by a loop that is gone (tests), with its socket
-                del waiting[protocol]
-                continue
-            if deadline > now:
-                break
-            del waiting[protocol]
-            protocol._head_timed_out()
-        if waiting:
-            next_sweep = max(next(iter(waiting.values())), now + HEAD_SWEEP_S)
-            GuardedHttpToolsProtocol._head_sweep = (
-                loop,
-                loop.call_at(next_sweep, GuardedHttpToolsProtocol._sweep_heads, loop),
-            )
+        self._waiting[self] = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_timed_out)
 
     def _cancel_timers(self) -> None:
-        self._waiting.pop(self, None)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -427,6 +413,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._body_pending = True
         self._waiting.pop(self, None)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # not an upgrade
@@ -467,8 +456,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self._wait_for_head()
 
+    def _release_head(self) -> None:
+        """Before the protocol itself closes: the head the client would have had is written."""
+        transport = self.cycle.transport if self.cycle is not None else None
+        if isinstance(transport, HeadWithBody):
+            transport.release()
+
     # Timers and refusals
     def _head_timed_out(self) -> None:
+        self._head_timer = None
         if self.transport.is_closing():
             return
         if self._head_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
@@ -486,6 +482,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.cycle is not None and self.cycle.response_started:
             metrics.CONNECTIONS_CLOSED.labels("body_timeout").inc()
+            self._release_head()
             self.transport.close()  # answered already (say a 401): just stop waiting for the body
             return
         self._refuse(HEAD_TIMEOUT, "body_timeout")
@@ -505,6 +502,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.disconnected = True  # the app sees a disconnect, never writes after us
             self.cycle.message_event.set()
         if answering and self.cycle is not None and self.cycle.response_started:
+            self._release_head()
             self.transport.close()
             return
         self._refused = True
