@@ -210,7 +210,7 @@ async def test_a_head_that_stops_half_way_is_answered_408_at_its_deadline(
     protocol.connection_lost(None)
 
 
-async def test_a_crowd_of_idle_connections_is_closed_in_the_same_sweep(
+async def test_a_crowd_of_idle_connections_is_closed_at_its_deadline(
     short_head_timeout: None,
 ) -> None:
     crowd = [await connected(fixed_answer) for _ in range(200)]  # a slowloris crowd, in small
