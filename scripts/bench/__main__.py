@@ -101,22 +101,14 @@ def zero_loss_check(base: str, run_id: str, acknowledged: int) -> str:
     return f"zero loss (stored and counted include the warm-up): {verdict.text}"
 
 
-def measured(pid: int, run: Callable[[], WrkResult]) -> WrkResult:
-    """`run`'s result with the CPU the server (`pid`) spent per request during it."""
+def with_server_cpu(pid: int, run: Callable[[], tuple[WrkResult, ...]]) -> tuple[WrkResult, ...]:
+    """`run`'s results, each with the CPU the server (`pid`) spent per request during the run
+    (for loads run at once, per request of all of them together)."""
     before = cpu_seconds(pid)
-    result = run()
-    used_us = (cpu_seconds(pid) - before) * 1e6
-    return replace(result, server_cpu_us=used_us / max(result.requests, 1))
-
-
-def measured_mixed(
-    pid: int, run: Callable[[], tuple[WrkResult, WrkResult]]
-) -> tuple[WrkResult, WrkResult]:
-    """As `measured`, for a run of two loads at once: the CPU per request of both together."""
-    before = cpu_seconds(pid)
-    first, second = run()
-    per_request = (cpu_seconds(pid) - before) * 1e6 / max(first.requests + second.requests, 1)
-    return replace(first, server_cpu_us=per_request), replace(second, server_cpu_us=per_request)
+    results = run()
+    requests = max(sum(result.requests for result in results), 1)
+    per_request = (cpu_seconds(pid) - before) * 1e6 / requests
+    return tuple(replace(result, server_cpu_us=per_request) for result in results)
 
 
 HEADER = (
@@ -223,26 +215,24 @@ def main() -> int:
     ):
         rss_start = rss_mib(process.pid)
 
-        def bare_ingest() -> WrkResult:
-            return measured(
-                bare_process.pid,
-                lambda: run_wrk(
-                    bare_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
-                ),
+        def measured(pid: int, url: str, script: str, wrk_args: list[str]) -> WrkResult:
+            return with_server_cpu(
+                pid, lambda: (run_wrk(url, script, wrk_args, duration, connections, threads),)
+            )[0]
+
+        def measured_mixed(pid: int, url: str, wrk_args: list[str]) -> tuple[WrkResult, ...]:
+            return with_server_cpu(
+                pid, lambda: mixed(url, wrk_args, read_path, duration, connections, threads)
             )
+
+        def bare_ingest() -> WrkResult:
+            return measured(bare_process.pid, bare_url, "ingest.lua", ingest_args(run_id))
 
         def bare_read() -> WrkResult:
-            return measured(
-                bare_process.pid,
-                lambda: run_wrk(bare_url, "read.lua", [read_path], duration, connections, threads),
-            )
+            return measured(bare_process.pid, bare_url, "read.lua", [read_path])
 
         def bare_mixed_read() -> WrkResult:
-            bare_args = ingest_args(run_id + "x")
-            return measured_mixed(
-                bare_process.pid,
-                lambda: mixed(bare_url, bare_args, read_path, duration, connections, threads),
-            )[1]
+            return measured_mixed(bare_process.pid, bare_url, ingest_args(run_id + "x"))[1]
 
         # The bare app runs just before and just after each service run, and the ratio is to the
         # mean of the two: this VM's speed drifts by tens of per cent within a minute, and a
@@ -250,25 +240,15 @@ def main() -> int:
         run_wrk(bare_url, "ingest.lua", ingest_args("warm"), 2, connections, threads)
         run_wrk(service_url, "ingest.lua", ingest_args("warm" + run_id), 2, connections, threads)
         bare_ingest_runs = [bare_ingest()]
-        service_ingest = measured(
-            process.pid,
-            lambda: run_wrk(
-                service_url, "ingest.lua", ingest_args(run_id), duration, connections, threads
-            ),
-        )
+        service_ingest = measured(process.pid, service_url, "ingest.lua", ingest_args(run_id))
         bare_ingest_runs.append(bare_ingest())
         wait_for_total(service_url, run_match_ids(run_id), service_ingest.ok, timeout_s=60)
         bare_read_runs = [bare_read()]
-        service_read = measured(
-            process.pid,
-            lambda: run_wrk(service_url, "read.lua", [read_path], duration, connections, threads),
-        )
+        service_read = measured(process.pid, service_url, "read.lua", [read_path])
         bare_read_runs.append(bare_read())
         bare_mixed_runs = [bare_mixed_read()]
-        service_args = ingest_args(run_id + "m")
         mixed_ingest, service_mixed_read = measured_mixed(
-            process.pid,
-            lambda: mixed(service_url, service_args, read_path, duration, connections, threads),
+            process.pid, service_url, ingest_args(run_id + "m")
         )
         bare_mixed_runs.append(bare_mixed_read())
         rss_after_load = rss_mib(process.pid)
