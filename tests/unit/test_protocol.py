@@ -18,7 +18,13 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from fanfinity.api.protocol import JOIN_MAX_BYTES, ConnectionLimits, GuardedHttpToolsProtocol
+from fanfinity.api.middleware import HEAD_LIMITED, MAX_HEADER_BYTES
+from fanfinity.api.protocol import (
+    JOIN_MAX_BYTES,
+    STREAM_CONNECTION,
+    ConnectionLimits,
+    GuardedHttpToolsProtocol,
+)
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -183,6 +189,7 @@ async def test_each_idle_connection_is_closed_at_its_own_head_deadline(
     answered.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")  # its next head is due later
     await settled()
     assert len(answered_transport.writes) == 1
+    assert answered.timeout_keep_alive_task is None  # the head timer is the keep-alive timer
 
     await asyncio.sleep(started + HEAD_TIMEOUT_S + 2 * LATE_S - loop.time())
     assert first_transport.closed  # idle since it opened: closed quietly, nothing written
@@ -262,3 +269,33 @@ async def test_a_connection_lost_mid_response_is_freed_without_the_collector() -
         assert transport.writes == []  # the held head died with the connection
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("max_head_bytes", "marked"), [(MAX_HEADER_BYTES, True), (MAX_HEADER_BYTES + 1, False)]
+)
+async def test_the_app_is_told_the_head_was_bounded_only_when_the_bound_is_the_apps(
+    max_head_bytes: int, marked: bool
+) -> None:
+    """The request middleware skips its own header-size sum only for requests marked so (the
+    path is a stream's, to see that the two extensions do not replace each other)."""
+    scopes: list[dict[str, Any]] = []
+
+    async def recording(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        scopes.append(scope)
+        await fixed_answer(scope, receive, send)
+
+    previous = GuardedHttpToolsProtocol.limits
+    GuardedHttpToolsProtocol.configure(
+        ConnectionLimits(max_connections=100, reserve=10, max_head_bytes=max_head_bytes)
+    )
+    try:
+        protocol, _ = await connected(recording)
+        protocol.data_received(b"GET /x/stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        await settled()
+    finally:
+        GuardedHttpToolsProtocol.configure(previous)
+    extensions = scopes[0].get("extensions") or {}
+    assert (HEAD_LIMITED in extensions) is marked
+    assert STREAM_CONNECTION in extensions  # a stream request carries both
+    protocol.connection_lost(None)

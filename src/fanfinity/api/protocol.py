@@ -11,6 +11,7 @@ health checks' included, is reset). This subclass keeps httptools' speed and add
   as soon as the limit is passed, before the parser has buffered more;
 - a connection has `head_timeout_s` to send a whole head, from the moment it opens or its last
   response ends (a slowloris or an idle keep-alive connection is closed, 408 if it had begun);
+  this timer is also the keep-alive timeout, so uvicorn's own is never armed;
 - a request has `body_timeout_s` to send its body once its head is in;
 - a client that does not read what it is sent (writes blocked for `write_timeout_s`, once the
   socket buffers are full) is disconnected: a live stream nobody reads ends;
@@ -39,7 +40,13 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from fanfinity import metrics
-from fanfinity.api.middleware import MAX_HEADER_BYTES, SECURITY_HEADERS, new_request_id
+from fanfinity.api.middleware import (
+    HEAD_LIMITED,
+    MAX_HEADER_BYTES,
+    SECURITY_HEADERS,
+    STREAM_PATH_SUFFIX,
+    new_request_id,
+)
 from fanfinity.config import Settings
 
 FILES_KEPT_FOR_THE_PROCESS = 1_000  # store connections, log files, the listener, epoll, imports
@@ -136,7 +143,6 @@ FULL: Answer = (
 
 
 STREAM_CONNECTION = "fanfinity.stream_connection"  # the ASGI scope extension's name
-STREAM_PATH_SUFFIX = "/stream"  # the routes that may stream; other requests carry nothing extra
 # A live stream's kernel send buffer (Linux doubles it: 64 KiB). Left to autotuning, a client that
 # does not read let the kernel take 126 KB within 6 s of updates and up to tcp_wmem's 4 MiB before
 # the process saw any backlog; a frame is a few KiB, so this is room for many of them.
@@ -421,7 +427,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.scope is self.scope:  # not an upgrade
             # duck-typed: the cycle calls only write, close and is_closing on its transport
             cycle.transport = HeadWithBody(self.transport, cycle)  # type: ignore[assignment]
-        scope = self.scope
+        scope: Any = self.scope  # uvicorn types extension values as dicts
+        if self.limits.max_head_bytes <= MAX_HEADER_BYTES:  # the app need not sum the headers
+            scope["extensions"] = {**(scope.get("extensions") or {}), HEAD_LIMITED: {}}
         if scope.get("method") == "GET" and scope.get("path", "").endswith(STREAM_PATH_SUFFIX):
             self._offer_stream_connection()
 
@@ -450,11 +458,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_response_complete(self) -> None:
+        """uvicorn's `HttpToolsProtocol.on_response_complete` without its keep-alive timer:
+        the head timer armed here closes an idle connection just as quietly, and no later
+        (`fanfinity serve` sets `timeout_keep_alive` to the head timeout rounded up), so the
+        second timer per request (~2 us to arm and cancel) bought nothing."""
         if self._streams:
             self._streams = [stream for stream in self._streams if stream.active] or None
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._wait_for_head()
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # start the pipelined request, as uvicorn does
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        self._wait_for_head()
 
     def _release_head(self) -> None:
         """Before the protocol itself closes: the head the client would have had is written."""
