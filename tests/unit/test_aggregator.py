@@ -18,7 +18,8 @@ from pymongo.errors import (
     WriteError,
 )
 
-from fanfinity.pipeline.aggregator import Aggregator, Backoff
+from fanfinity.pipeline import aggregator as aggregator_module
+from fanfinity.pipeline.aggregator import FOLD_SLICE, Aggregator, Backoff
 from fanfinity.pipeline.fold import fold_events
 from fanfinity.pipeline.rebuild import rebuild_all
 from fanfinity.storage.engine import Engine
@@ -117,6 +118,76 @@ async def test_counted_events_are_copied_for_the_data_team(
     copies = await engine.database["match_events"].find({}).to_list(None)
     assert sorted(copy["eventId"] for copy in copies) == ["e1", "e2"]
     assert copies[0]["meta"] == {"matchId": MATCH, "eventType": "goal", "teamId": "al-hilal"}
+
+
+async def copied_ids(engine: Engine) -> list[str]:
+    return sorted(
+        copy["eventId"] for copy in await engine.database["match_events"].find({}).to_list(None)
+    )
+
+
+async def test_events_are_copied_as_they_arrive_and_counted_once_the_interval_has_passed(
+    engine: Engine,
+    run_aggregator: Callable[[Aggregator], asyncio.Task[None]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aggregator_module, "MIN_BATCH_INTERVAL_S", 2.0)
+    monkeypatch.setattr(aggregator_module, "FEED_WAIT_S", 4.0)  # the feed never goes quiet here
+    run_aggregator(make_aggregator(engine, batch_size=100))
+    await eventually(lambda: _has_checkpoint(engine))
+    await engine.events.insert_many([stored_event("e1")])
+    await eventually(lambda: _total_is(engine, 1))  # the first batch after a quiet spell: at once
+    counted_at = asyncio.get_running_loop().time()
+
+    await engine.events.insert_many([stored_event("e2", minute=5)])
+    await eventually(lambda: _copied(engine, ["e1", "e2"]))
+    assert asyncio.get_running_loop().time() - counted_at < 1.0  # copied as it came
+    assert await summary_total(engine) == 1  # and counted once the interval has passed
+    await eventually(lambda: _total_is(engine, 2))
+    assert await copied_ids(engine) == ["e1", "e2"]  # once each
+
+
+async def test_events_taken_from_the_feed_are_counted_before_a_stop(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aggregator_module, "MIN_BATCH_INTERVAL_S", 60.0)
+    monkeypatch.setattr(aggregator_module, "FEED_WAIT_S", 60.0)
+    aggregator = make_aggregator(engine, batch_size=100)
+    task = asyncio.create_task(aggregator.run())
+    await eventually(lambda: _has_checkpoint(engine))
+    await engine.events.insert_many([stored_event("e1")])
+    await eventually(lambda: _total_is(engine, 1))
+    await engine.events.insert_many([stored_event("e2", minute=5)])
+    await eventually(lambda: _copied(engine, ["e1", "e2"]))  # taken, waiting for the interval
+
+    aggregator.stop()
+    await engine.events.insert_many([stored_event("e3", minute=6)])  # wakes the feed: it stops
+    await asyncio.wait_for(task, timeout=PATIENCE_S)
+
+    assert await summary_total(engine) == 3
+    checkpoint = await engine.checkpoints.load()
+    assert checkpoint is not None
+    assert checkpoint["position"] == {"sequence": 3}  # a restart continues after all three
+
+
+async def test_a_large_batch_is_folded_in_slices_that_let_other_tasks_run() -> None:
+    events = [stored_event(f"e{number}", minute=number % 90) for number in range(10 * FOLD_SLICE)]
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    turns = 0
+    increments = await Aggregator._fold(events, KICK_OFF)
+    ticker.cancel()
+
+    assert increments == fold_events(events, KICK_OFF)
+    assert turns >= 9  # one turn between each two slices
 
 
 async def test_events_counted_by_the_first_rebuild_are_also_copied_for_the_data_team(
@@ -238,6 +309,10 @@ async def test_stopped_aggregator_reports_not_running(engine: Engine) -> None:
 
 async def _total_is(engine: Engine, expected: int) -> bool:
     return await summary_total(engine) == expected
+
+
+async def _copied(engine: Engine, event_ids: list[str]) -> bool:
+    return await copied_ids(engine) == event_ids
 
 
 async def _has_checkpoint(engine: Engine) -> bool:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from fanfinity.config import Settings
 from fanfinity.pipeline.aggregator import Aggregator
-from fanfinity.pipeline.fold import fold_events, minute_key
+from fanfinity.pipeline.fold import SummaryIncrement, fold_events, fold_into, minute_key
 from fanfinity.schemas import EventType
 from fanfinity.storage.engine import open_engine
 from fanfinity.storage.repositories import CheckpointConflict, SummaryRepository
@@ -128,6 +128,19 @@ def test_any_split_into_batches_gives_the_same_summaries_as_one_batch(
             engine.close()
 
     asyncio.run(scenario())
+
+
+@settings(max_examples=60, deadline=None)
+@given(fields=event_lists, cuts=st.sets(st.integers(min_value=1, max_value=39)))
+def test_folding_a_batch_in_parts_gives_the_one_fold(
+    fields: list[tuple[str, str, str, int, int]], cuts: set[int]
+) -> None:
+    """The aggregator folds a large batch in slices (yielding between them): same increments."""
+    events = stored_events(fields)
+    in_parts: dict[str, SummaryIncrement] = {}
+    for part in split(events, cuts):
+        fold_into(in_parts, part, APPLIED_AT)
+    assert in_parts == fold_events(events, APPLIED_AT)
 
 
 @settings(max_examples=40, deadline=None)

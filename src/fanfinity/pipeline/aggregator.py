@@ -31,7 +31,7 @@ from fanfinity.pipeline.fold import (
     SummaryIncrement,
     as_utc,
     bound_increments,
-    fold_events,
+    fold_into,
     overflowed,
 )
 from fanfinity.pipeline.rebuild import RebuildReport, new_rebuild_id, rebuild_all, rebuild_match
@@ -40,11 +40,13 @@ from fanfinity.storage.feeds import ChangeBatch, HistoryLost, Position, describe
 from fanfinity.storage.repositories import CheckpointConflict, SummaryRefused
 from fanfinity.tracing import commit_span
 
-FEED_WAIT_S = 0.2
+FEED_WAIT_S = 0.1
 # Apply at most ~10 batches a second: under load each batch then carries more events, so the
 # per-batch costs (one update per match, the checkpoint, the transaction) are paid less often,
 # and events are still counted well within a second.
 MIN_BATCH_INTERVAL_S = 0.1
+# Events folded between two turns of the event loop (~0.4 ms of work on the embedded engine).
+FOLD_SLICE = 64
 IDLE_CHECKPOINT_S = 10.0
 ACTIVE_REFRESH_S = 5.0
 FIRST_BACKOFF_S = 0.5
@@ -123,7 +125,7 @@ class Aggregator:
         return self._ended_unexpectedly
 
     def stalled_for(self) -> float:
-        """Seconds since the loop last heard from the feed (it hears at least every 0.2 s)."""
+        """Seconds since the loop last heard from the feed (it hears at least every 0.1 s)."""
         return time.monotonic() - self._last_progress
 
     def healthy(self) -> bool:
@@ -193,20 +195,37 @@ class Aggregator:
     async def _apply_batches(
         self, feed: AsyncGenerator[ChangeBatch, None], generation: int, position: Position
     ) -> None:
+        """Copy each batch the feed delivers to `match_events` as it comes, and count what has
+        come at most every `MIN_BATCH_INTERVAL_S` (at once when the feed goes quiet).
+
+        Copying as events arrive spreads that work (the larger part of the aggregator's) over
+        the interval, instead of doing it in one burst per commit that every request in flight
+        waited for (ingest p99 over mean latency 1.45 instead of 1.64 under `make bench`'s load).
+        A copy precedes the commit that counts its events, so after a crash or a conflict an
+        event may be copied twice but never counted without its copy."""
+        pending: list[Mapping[str, Any]] = []  # copied, not yet counted
+        pending_position = position
+        last_commit = float("-inf")
         async for batch in feed:
             self._last_progress = time.monotonic()
             if batch.events:
-                started = time.monotonic()
                 await self._engine.match_events.copy(batch.events)
-                generation = await self._commit(batch.events, batch.position, generation)
-                await asyncio.sleep(max(0.0, MIN_BATCH_INTERVAL_S - (time.monotonic() - started)))
-            elif batch.position != position and self._idle_checkpoint_due():
+                pending.extend(batch.events)
+                pending_position = batch.position
+            due = time.monotonic() - last_commit >= MIN_BATCH_INTERVAL_S
+            if pending and (due or not batch.events or len(pending) >= self._batch_size):
+                generation = await self._commit(pending, pending_position, generation)
+                pending = []
+                last_commit = time.monotonic()
+            elif not pending and batch.position != position and self._idle_checkpoint_due():
                 generation = await self._commit((), batch.position, generation)
-            else:
+            elif not pending:
                 metrics.AGGREGATOR_LAG.set(0)
             position = batch.position
             self._last_progress = time.monotonic()
             if self._stopping.is_set():
+                if pending:  # what was taken from the feed is counted before leaving
+                    await self._commit(pending, pending_position, generation)
                 return
 
     async def _commit(
@@ -215,7 +234,7 @@ class Aggregator:
         """Apply one batch and advance the checkpoint in one unit of work; a match whose update
         the store refuses is taken out and its events parked, and the unit of work runs again."""
         applied_at = datetime.now(UTC)
-        increments = fold_events(events, applied_at)
+        increments = await self._fold(events, applied_at)
         refused: dict[str, str] = {}  # match id -> why the store refused its update
         bounded: list[SummaryIncrement] = []  # what the last (committed) attempt applied
 
@@ -245,6 +264,19 @@ class Aggregator:
         metrics.count_overflow(*overflowed(bounded))
         self._record(events, increments.keys(), refused, applied_at)
         return new_generation
+
+    @staticmethod
+    async def _fold(
+        events: Sequence[Mapping[str, Any]], applied_at: datetime
+    ) -> dict[str, SummaryIncrement]:
+        """`fold_events` in slices with a turn of the event loop between them: a batch of a
+        thousand events is ~6 ms of folding that requests need not wait for in one piece."""
+        increments: dict[str, SummaryIncrement] = {}
+        for start in range(0, len(events), FOLD_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            fold_into(increments, events[start : start + FOLD_SLICE], applied_at)
+        return increments
 
     async def _run_unit_of_work(
         self,

@@ -239,13 +239,22 @@ def fold_events(
 ) -> dict[str, SummaryIncrement]:
     """Fold a batch of stored events into one increment per match (not yet bounded)."""
     increments: dict[str, SummaryIncrement] = {}
+    fold_into(increments, events, applied_at)
+    return increments
+
+
+def fold_into(
+    increments: dict[str, SummaryIncrement],
+    events: Iterable[Mapping[str, Any]],
+    applied_at: datetime,
+) -> None:
+    """Add events to per-match increments: folding a batch in parts gives what one fold gives."""
     for event in events:
         match_id = str(event["matchId"])
         increment = increments.get(match_id)
         if increment is None:
             increment = increments[match_id] = SummaryIncrement(match_id)
         increment.add(event, applied_at)
-    return increments
 
 
 def bound_increments(

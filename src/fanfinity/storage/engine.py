@@ -104,7 +104,7 @@ async def _open_mongodb(
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
         # A silent network (no RST) must not hang the driver's sockets forever: change streams
-        # wait at most 200 ms per getMore, so this bound only fires on a real stall.
+        # wait at most 100 ms per getMore (FEED_WAIT_S), so this bound only fires on a real stall.
         socketTimeoutMS=max(10_000, 5 * timeout_ms),
         appname="fanfinity",
         event_listeners=list(command_listeners),
