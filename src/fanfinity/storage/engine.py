@@ -20,7 +20,7 @@ from pymongo.errors import CollectionInvalid, OperationFailure
 from pymongo.read_concern import ReadConcern
 
 from fanfinity.config import Settings
-from fanfinity.storage.embedded import SlicedInserts, install_shortcuts
+from fanfinity.storage.embedded import LeanUpdates, SlicedInserts, install_shortcuts
 from fanfinity.storage.feeds import ChangeFeed, InProcessChangeFeed, MongoChangeFeed
 from fanfinity.storage.models import (
     CHECKPOINTS,
@@ -176,7 +176,7 @@ async def _open_embedded(settings: Settings) -> Engine:
         database=database,
         events=EventRepository(events, on_inserted=feed.append, write_lock=feed.write_lock),
         summaries=SummaryRepository(
-            JournaledCollection(database[MATCH_SUMMARIES]), settings.store_timeout_s
+            JournaledCollection(LeanUpdates(database[MATCH_SUMMARIES])), settings.store_timeout_s
         ),
         checkpoints=CheckpointRepository(JournaledCollection(database[CHECKPOINTS])),
         match_events=MatchEventRepository(SlicedInserts(database[MATCH_EVENTS])),
