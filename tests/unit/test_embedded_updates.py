@@ -117,7 +117,9 @@ def _lean_or_mongomock(collection: Any, filter: Any, update: Any, upsert: bool) 
     result = embedded.lean_update_one(
         collection._store, filter, update, collection.database.client._id
     )
-    return result or collection.update_one(filter, update, upsert=upsert)
+    if result is None:
+        return collection.update_one(filter, update, upsert=upsert)
+    return result
 
 
 def _both(
