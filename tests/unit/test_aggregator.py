@@ -26,6 +26,7 @@ from fanfinity.storage.engine import Engine
 from fanfinity.storage.repositories import CheckpointConflict, refusal_reason
 from tests.factories import stored_event
 from tests.faults import Faults, history_lost, with_faults
+from tests.loop_turns import other_task_turns
 
 KICK_OFF = datetime(2025, 5, 10, 19, 0, tzinfo=UTC)
 MATCH = "alhilal-vs-alnassr"
@@ -172,22 +173,11 @@ async def test_events_taken_from_the_feed_are_counted_before_a_stop(
 
 async def test_a_large_batch_is_folded_in_slices_that_let_other_tasks_run() -> None:
     events = [stored_event(f"e{number}", minute=number % 90) for number in range(10 * FOLD_SLICE)]
-    turns = 0
-
-    async def other_task() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(other_task())
-    await asyncio.sleep(0)
-    turns = 0
-    increments = await Aggregator._fold(events, KICK_OFF)
-    ticker.cancel()
+    async with other_task_turns() as turns:
+        increments = await Aggregator._fold(events, KICK_OFF)
 
     assert increments == fold_events(events, KICK_OFF)
-    assert turns >= 9  # one turn between each two slices
+    assert turns.count >= 9  # one turn between each two slices
 
 
 async def test_events_counted_by_the_first_rebuild_are_also_copied_for_the_data_team(

@@ -153,10 +153,13 @@ def stored_form(value: Any) -> Any:
     if kind is list:
         return [item if type(item) in UNCHANGED else stored_form(item) for item in value]
     if kind is datetime:
-        if value.tzinfo is None:
-            return value.replace(microsecond=value.microsecond // 1000 * 1000)
+        sub_ms = value.microsecond % 1000
+        if value.tzinfo is None:  # a datetime is immutable: one already to the ms is kept
+            return value if not sub_ms else value.replace(microsecond=value.microsecond - sub_ms)
         if value.tzinfo is UTC:  # no offset to subtract
-            return value.replace(tzinfo=None, microsecond=value.microsecond // 1000 * 1000)
+            if not sub_ms:
+                return value.replace(tzinfo=None)
+            return value.replace(tzinfo=None, microsecond=value.microsecond - sub_ms)
     return _patch_datetimes(value)  # other offsets, tuples, OrderedDicts, Timestamps, ...
 
 
@@ -240,12 +243,21 @@ def _check_storable(document: Mapping[str, Any]) -> None:
     raising what they raise. For plain string keys without a leading `$` the encode alone finds
     what those checks find; anything else, or a failed encode, goes through mongomock's own
     checks in mongomock's order."""
-    if all(type(key) is str and key[:1] != "$" for key in document) and _encodes(document):
+    if _plain_keys(document) and _encodes(document):
         return
     if not all(isinstance(key, str) for key in document):
         raise ValueError("Document keys must be strings")
     _field_check(document)
     bson.encode(document)
+
+
+def _plain_keys(document: Mapping[str, Any]) -> bool:
+    """Whether every key is a string and none starts with `$` (one join, not a test per key)."""
+    try:
+        joined = "\0".join(document)
+    except TypeError:  # a key that is not a string
+        return False
+    return joined[:1] != "$" and "\0$" not in joined
 
 
 def _encodes(document: Mapping[str, Any]) -> bool:
