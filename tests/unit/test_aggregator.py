@@ -331,6 +331,31 @@ def faulty_aggregator(engine: Engine, faults: Faults, **options: Any) -> Aggrega
     )
 
 
+async def test_a_failed_commit_of_several_feed_batches_is_retried_without_a_rebuild(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aggregator_module, "MIN_BATCH_INTERVAL_S", 1.0)
+    monkeypatch.setattr(aggregator_module, "FEED_WAIT_S", 5.0)
+    faults = Faults()
+    aggregator = faulty_aggregator(engine, faults)
+    task = asyncio.create_task(aggregator.run())
+    await eventually(lambda: _has_checkpoint(engine))
+    rebuilds: list[Any] = []
+    rebuild = aggregator.rebuild
+    monkeypatch.setattr(aggregator, "rebuild", lambda *a: rebuilds.append(a) or rebuild(*a))
+    await engine.events.insert_many([stored_event("e1")])
+    await eventually(lambda: _total_is(engine, 1))
+    for number in (2, 3):  # two feed batches held, not yet counted
+        await engine.events.insert_many([stored_event(f"e{number}", minute=number)])
+        await eventually(lambda n=number: _copied(engine, [f"e{i}" for i in range(1, n + 1)]))
+    faults.arm("checkpoint.after_advance", times=1)  # their commit fails once, transiently
+
+    await eventually(lambda: _total_is(engine, 3))  # retried from the checkpoint
+
+    assert rebuilds == []  # the feed still had them: no recount of every stored event
+    await stop(aggregator, task)
+
+
 def test_backoff_doubles_up_to_its_ceiling_and_resets() -> None:
     backoff = Backoff(first_s=0.5, max_s=2.0, current_s=0.5)
 

@@ -107,12 +107,27 @@ async def test_position_before_the_trimmed_history_raises_history_lost(
     feed.append([stored_event(f"e{n}") for n in range(4)])
     consumer = feed.changes({"sequence": 0}, max_batch=2, max_wait_s=0.05)
     await anext(consumer)
-    await anext(consumer)  # coming back for more means the first batch was applied: trimmed
+    await anext(consumer)
     await consumer.aclose()
+    feed.committed({"sequence": 2})  # counted and checkpointed: forgotten
 
     late = feed.changes({"sequence": 1}, max_batch=2, max_wait_s=0.05)
     with pytest.raises(HistoryLost):
         await anext(late)
+
+
+async def test_batches_handed_over_but_not_committed_can_be_read_again(
+    feed: InProcessChangeFeed,
+) -> None:
+    feed.append([stored_event(f"e{n}") for n in range(4)])
+    consumer = feed.changes({"sequence": 0}, max_batch=2, max_wait_s=0.05)
+    await anext(consumer)
+    await anext(consumer)  # holding two batches, say, when its commit fails
+    await consumer.aclose()
+
+    again = feed.changes({"sequence": 0}, max_batch=4, max_wait_s=0.05)
+    assert ids((await anext(again)).events) == ["e0", "e1", "e2", "e3"]
+    await again.aclose()
 
 
 async def test_snapshot_returns_rows_and_the_position_right_after_them(engine: Engine) -> None:

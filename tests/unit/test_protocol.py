@@ -299,3 +299,42 @@ async def test_the_app_is_told_the_head_was_bounded_only_when_the_bound_is_the_a
     assert (HEAD_LIMITED in extensions) is marked
     assert STREAM_CONNECTION in extensions  # a stream request carries both
     protocol.connection_lost(None)
+
+
+async def test_a_head_pipelined_in_the_read_that_ends_a_body_is_not_marked_bounded() -> None:
+    """Bytes parsed as a body are not counted, so a head that starts among them is left to the
+    request middleware's own 431 check; the next head read on its own is counted and marked."""
+    scopes: list[dict[str, Any]] = []
+
+    async def recording(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        scopes.append(scope)
+        await fixed_answer(scope, receive, send)
+
+    protocol, _ = await connected(recording)
+    protocol.data_received(b"POST /first HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+    await settled()
+    protocol.data_received(b"hello" + b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n")
+    await settled()
+    protocol.data_received(b"GET /third HTTP/1.1\r\nHost: t\r\n\r\n")
+    await settled()
+    marked = [HEAD_LIMITED in (scope.get("extensions") or {}) for scope in scopes]
+    assert [scope["path"] for scope in scopes] == ["/first", "/second", "/third"]
+    assert marked == [True, False, True]
+    protocol.connection_lost(None)
+
+
+async def test_an_answer_given_before_the_body_is_not_followed_by_a_408(
+    short_head_timeout: None,
+) -> None:
+    async def early_401(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = await connected(early_401)
+    protocol.data_received(b'POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{"a":')
+    await asyncio.sleep(HEAD_TIMEOUT_S + 2 * LATE_S)  # the client says nothing more
+    assert transport.closed
+    statuses = [write.split(b"\r\n")[0] for write in transport.writes]
+    assert statuses == [b"HTTP/1.1 401 Unauthorized"]  # closed quietly, no second answer
+    protocol.connection_lost(None)

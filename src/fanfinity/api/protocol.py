@@ -301,6 +301,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._reading_head = True
         self._head_bytes = 0
+        self._head_started = False  # the parser has begun a message and not ended its head yet
+        self._head_counted = True  # every byte of the current head went through the count
+        self._uncounted_read = False  # body bytes are being parsed (a pipelined head may follow)
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_pending = False
@@ -392,8 +395,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.pause_reading()
             return
         if not self._reading_head:
-            super().data_received(data)
+            self._uncounted_read = True
+            try:
+                super().data_received(data)
+            finally:
+                self._uncounted_read = False
         else:
+            if not self._head_started:  # a head starts in this read: all of it is counted
+                self._head_counted = True
             allowed = self.limits.max_head_bytes - self._head_bytes
             if len(data) <= allowed:
                 self._head_bytes += len(data)
@@ -415,7 +424,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
 
     # Parser callbacks
+    def on_message_begin(self) -> None:
+        self._head_started = True
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
+        self._head_started = False
         self._reading_head = False
         self._body_pending = True
         self._waiting.pop(self, None)
@@ -428,7 +442,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # duck-typed: the cycle calls only write, close and is_closing on its transport
             cycle.transport = HeadWithBody(self.transport, cycle)  # type: ignore[assignment]
         scope: Any = self.scope  # uvicorn types extension values as dicts
-        if self.limits.max_head_bytes <= MAX_HEADER_BYTES:  # the app need not sum the headers
+        # the app need not sum the headers, unless part of this head came in a body's read
+        if self._head_counted and self.limits.max_head_bytes <= MAX_HEADER_BYTES:
             scope["extensions"] = {**(scope.get("extensions") or {}), HEAD_LIMITED: {}}
         if scope.get("method") == "GET" and scope.get("path", "").endswith(STREAM_PATH_SUFFIX):
             self._offer_stream_connection()
@@ -456,6 +471,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = None
         self._reading_head = True  # what follows (pipelined or next request) is a new head
         self._head_bytes = 0
+        # a pipelined head that starts in the rest of a body's read escapes the count
+        self._head_counted = not self._uncounted_read
 
     def on_response_complete(self) -> None:
         """uvicorn's `HttpToolsProtocol.on_response_complete` without its keep-alive timer:
@@ -484,7 +501,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self._head_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
+        if not self._head_started and (self.cycle is None or self.cycle.response_complete):
+            # no head begun since the last answer (even one given before its body arrived)
             self._waiting.pop(self, None)
             self.transport.close()  # an idle keep-alive connection: close quietly
             metrics.CONNECTIONS_CLOSED.labels("head_timeout").inc()

@@ -259,6 +259,7 @@ class Aggregator:
             except SummaryRefused as exc:
                 refused[exc.match_id] = exc.reason
                 del increments[exc.match_id]
+        self._engine.feed.committed(position)
         self._last_checkpoint_write = time.monotonic()
         self._backoff.reset()
         metrics.count_overflow(*overflowed(bounded))
@@ -335,6 +336,7 @@ class Aggregator:
             rebuild_id = new_rebuild_id()
             self._own_rebuilds.add(rebuild_id)
             report = await rebuild_all(self._engine, rebuild_id=rebuild_id, bounds=self._bounds)
+            self._engine.feed.committed(report.position)  # counted up to there
         else:
             report = await rebuild_match(self._engine, match_id, self._bounds)
         copied = await self._engine.match_events.backfill(self._engine.events, match_id)

@@ -65,6 +65,10 @@ class ChangeFeed(Protocol):
         """Run aggregations on `events` at one point in time; `position` is right after it."""
         ...
 
+    def committed(self, position: Position) -> None:
+        """Everything up to `position` is counted and checkpointed: the feed may forget it."""
+        ...
+
     async def snapshot(
         self, pipeline: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], Position]:
@@ -102,7 +106,7 @@ class InProcessChangeFeed:
 
     The writer appends under `write_lock` right after its insert, and `snapshot` reads under the
     same lock, so a rebuild and the log agree on exactly which events it covered. Entries before
-    the position of the batch the consumer has come back from are dropped (that batch is applied).
+    a position the consumer has committed (`committed`) are dropped.
     """
 
     def __init__(self, events: Any) -> None:
@@ -128,7 +132,6 @@ class InProcessChangeFeed:
         while True:
             if cursor < self._base:
                 raise HistoryLost(f"position {cursor} was trimmed (log starts at {self._base})")
-            self._trim(cursor)
             if self.end <= cursor:
                 self._appended.clear()
                 # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation
@@ -153,11 +156,15 @@ class InProcessChangeFeed:
         async with self.snapshot_reader() as reader:
             return [row async for row in reader.aggregate(pipeline)], reader.position
 
-    def _trim(self, cursor: int) -> None:
-        drop = cursor - self._base
+    def committed(self, position: Position) -> None:
+        """Drop the entries before a checkpointed position. Not on handing a batch over: the
+        consumer may hold several batches before it commits them, and a failed commit resumes
+        from the checkpoint, which must still be in the log (else: a needless full rebuild)."""
+        cursor = int(position.get("sequence", 0))
+        drop = min(cursor, self.end) - self._base
         if drop > 0:
             del self._log[:drop]
-            self._base = cursor
+            self._base += drop
 
 
 class MongoChangeFeed:
@@ -271,6 +278,9 @@ class MongoChangeFeed:
         """Aggregate at one cluster time T (snapshot read concern); resume the stream after T."""
         async with self.snapshot_reader() as reader:
             return [row async for row in reader.aggregate(pipeline)], reader.position
+
+    def committed(self, position: Position) -> None:
+        """Nothing to forget: the oplog is the server's."""
 
 
 class _MongoSnapshot:
