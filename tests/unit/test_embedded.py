@@ -19,6 +19,7 @@ from pymongo.errors import BulkWriteError
 
 from fanfinity.storage import embedded
 from tests.loop_turns import other_task_turns
+from tests.same_documents import same
 
 OFFSETS = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
     lambda minutes: timezone(timedelta(minutes=minutes))
@@ -49,19 +50,6 @@ VALUES = st.recursive(
     max_leaves=20,
 )
 DOCUMENTS = st.dictionaries(KEYS, VALUES, max_size=6)
-
-
-def same(left: Any, right: Any) -> bool:
-    """Equal, of the same types all the way down, datetimes with the same tzinfo."""
-    if type(left) is not type(right):
-        return False
-    if isinstance(left, dict):
-        return list(left) == list(right) and all(same(left[k], right[k]) for k in left)
-    if isinstance(left, list | tuple):
-        return len(left) == len(right) and all(map(same, left, right))
-    if isinstance(left, datetime):
-        return left == right and left.tzinfo == right.tzinfo
-    return bool(left == right)
 
 
 # In each property, mongomock's own function is put back for the reference result, so that its

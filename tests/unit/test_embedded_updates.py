@@ -17,6 +17,7 @@ from mongomock.collection import Collection
 
 from fanfinity.storage import embedded
 from fanfinity.storage.transactions import UndoJournal
+from tests.same_documents import same
 
 KEYS = st.sampled_from(["a", "b", "c"])
 NAIVE = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1))
@@ -79,19 +80,6 @@ UPDATES = st.one_of(LEAN_UPDATES, ODD_UPDATES)
 FILTERS = st.sampled_from(
     [{"_id": "m"}, {"_id": "m"}, {"_id": {"$eq": "m"}}, {"_id": {"$in": ["m"]}}, {"_id": "other"}]
 )
-
-
-def same(left: Any, right: Any) -> bool:
-    """Equal, of the same types all the way down, keys in the same order, floats to the sign."""
-    if type(left) is not type(right):
-        return False
-    if isinstance(left, dict):
-        return list(left) == list(right) and all(same(left[k], right[k]) for k in left)
-    if isinstance(left, list | tuple):
-        return len(left) == len(right) and all(map(same, left, right))
-    if isinstance(left, float):
-        return repr(left) == repr(right)
-    return bool(left == right)
 
 
 def _outcome(update_one: Callable[[], Any]) -> Any:
