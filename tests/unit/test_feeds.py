@@ -101,14 +101,19 @@ async def test_events_appended_later_continue_the_positions(feed: InProcessChang
     assert (ids(second.events), second.position) == (["e1", "e2"], {"sequence": 3})
 
 
-async def test_position_before_the_trimmed_history_raises_history_lost(
-    feed: InProcessChangeFeed,
-) -> None:
+async def take_two_batches_of_two(feed: InProcessChangeFeed) -> None:
+    """Four events appended, and a consumer that takes them as two batches and goes away."""
     feed.append([stored_event(f"e{n}") for n in range(4)])
     consumer = feed.changes({"sequence": 0}, max_batch=2, max_wait_s=0.05)
     await anext(consumer)
     await anext(consumer)
     await consumer.aclose()
+
+
+async def test_position_before_the_trimmed_history_raises_history_lost(
+    feed: InProcessChangeFeed,
+) -> None:
+    await take_two_batches_of_two(feed)
     feed.committed({"sequence": 2})  # counted and checkpointed: forgotten
 
     late = feed.changes({"sequence": 1}, max_batch=2, max_wait_s=0.05)
@@ -119,11 +124,7 @@ async def test_position_before_the_trimmed_history_raises_history_lost(
 async def test_batches_handed_over_but_not_committed_can_be_read_again(
     feed: InProcessChangeFeed,
 ) -> None:
-    feed.append([stored_event(f"e{n}") for n in range(4)])
-    consumer = feed.changes({"sequence": 0}, max_batch=2, max_wait_s=0.05)
-    await anext(consumer)
-    await anext(consumer)  # holding two batches, say, when its commit fails
-    await consumer.aclose()
+    await take_two_batches_of_two(feed)  # held, say, when their commit fails
 
     again = feed.changes({"sequence": 0}, max_batch=4, max_wait_s=0.05)
     assert ids((await anext(again)).events) == ["e0", "e1", "e2", "e3"]

@@ -302,7 +302,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._head_bytes = 0
         self._head_started = False  # the parser has begun a message and not ended its head yet
-        self._head_counted = True  # every byte of the current head went through the count
+        self._head_counted = True  # the current head began in a read that was counted
         self._uncounted_read = False  # body bytes are being parsed (a pipelined head may follow)
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
@@ -401,8 +401,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             finally:
                 self._uncounted_read = False
         else:
-            if not self._head_started:  # a head starts in this read: all of it is counted
-                self._head_counted = True
             allowed = self.limits.max_head_bytes - self._head_bytes
             if len(data) <= allowed:
                 self._head_bytes += len(data)
@@ -426,6 +424,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks
     def on_message_begin(self) -> None:
         self._head_started = True
+        # a pipelined head that starts in the rest of a body's read escapes the count
+        self._head_counted = not self._uncounted_read
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
@@ -471,8 +471,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = None
         self._reading_head = True  # what follows (pipelined or next request) is a new head
         self._head_bytes = 0
-        # a pipelined head that starts in the rest of a body's read escapes the count
-        self._head_counted = not self._uncounted_read
 
     def on_response_complete(self) -> None:
         """uvicorn's `HttpToolsProtocol.on_response_complete` without its keep-alive timer:

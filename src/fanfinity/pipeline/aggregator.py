@@ -213,19 +213,20 @@ class Aggregator:
                 pending.extend(batch.events)
                 pending_position = batch.position
             due = time.monotonic() - last_commit >= MIN_BATCH_INTERVAL_S
-            if pending and (due or not batch.events or len(pending) >= self._batch_size):
+            # what was taken from the feed is counted before leaving, too
+            leaving = self._stopping.is_set()
+            if pending and (due or leaving or not batch.events or len(pending) >= self._batch_size):
                 generation = await self._commit(pending, pending_position, generation)
                 pending = []
                 last_commit = time.monotonic()
-            elif not pending and batch.position != position and self._idle_checkpoint_due():
-                generation = await self._commit((), batch.position, generation)
             elif not pending:
-                metrics.AGGREGATOR_LAG.set(0)
+                if batch.position != position and self._idle_checkpoint_due():
+                    generation = await self._commit((), batch.position, generation)
+                else:
+                    metrics.AGGREGATOR_LAG.set(0)
             position = batch.position
             self._last_progress = time.monotonic()
             if self._stopping.is_set():
-                if pending:  # what was taken from the feed is counted before leaving
-                    await self._commit(pending, pending_position, generation)
                 return
 
     async def _commit(
