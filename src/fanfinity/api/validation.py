@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -21,7 +22,10 @@ from typing import Any
 
 import msgspec
 from litestar import Request
-from litestar.exceptions import InternalServerException
+from litestar.exceptions import ClientException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.types import Empty
+from litestar.utils.scope.state import ScopeState
 
 from fanfinity.api.raw import request_header
 from fanfinity.errors import ClientDisconnected, UnsupportedMediaType
@@ -88,10 +92,47 @@ async def read_json_body(request: Request[Any, Any, Any]) -> JsonBody:
         raise UnsupportedMediaType(
             f"send the body as application/json, not {media_type or 'no content type'}"
         )
-    try:
-        return JsonBody(await request.body())
-    except InternalServerException as exc:
-        raise ClientDisconnected(str(exc.detail)) from None
+    return JsonBody(await read_body(request))
+
+
+async def read_body(request: Request[Any, Any, Any]) -> bytes:
+    """The whole body, within the route's `request_max_body_size` (413 above it, before reading
+    when Content-Length announces it); a client that hangs up mid-body is `ClientDisconnected`.
+
+    What `Request.body()` does, read straight from `receive`: Litestar's builds a `Headers` of
+    every request header to find Content-Length and streams through an async generator, ~6 us
+    of the ~300 an event costs. The body is left where `Request.body()` finds it, so a later
+    reader gets it too."""
+    state = ScopeState.from_scope(request.scope)
+    if state.body is not Empty:
+        return state.body
+    limit = request.route_handler.resolve_request_max_body_size() or math.inf
+    announced = request_header(request.scope, b"content-length")
+    if announced is not None:
+        try:
+            length = int(announced)
+        except ValueError:
+            raise ClientException(f"Invalid content-length: {announced!r}") from None
+        if length > limit:
+            raise RequestEntityTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunk = message["body"]
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise RequestEntityTooLarge
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnected("client disconnected prematurely")
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    state.body = body
+    return body
 
 
 def decode_event(body: bytes, now: datetime) -> ValidEvent:
