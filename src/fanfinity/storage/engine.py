@@ -163,7 +163,8 @@ async def _open_embedded(settings: Settings) -> Engine:
     events = SlicedInserts(
         database.get_collection(
             EVENTS, write_concern=durable_write_concern(settings.store_timeout_s)
-        )
+        ),
+        encodable=True,
     )
     feed = InProcessChangeFeed(events)
     logger.warning(
@@ -179,7 +180,7 @@ async def _open_embedded(settings: Settings) -> Engine:
             JournaledCollection(LeanUpdates(database[MATCH_SUMMARIES])), settings.store_timeout_s
         ),
         checkpoints=CheckpointRepository(JournaledCollection(database[CHECKPOINTS])),
-        match_events=MatchEventRepository(SlicedInserts(database[MATCH_EVENTS])),
+        match_events=MatchEventRepository(SlicedInserts(database[MATCH_EVENTS], encodable=True)),
         dead_letters=DeadLetterRepository(JournaledCollection(database[DEAD_LETTERS])),
         feed=feed,
         unit_of_work=JournaledWrites(),
