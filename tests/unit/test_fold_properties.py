@@ -17,8 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fanfinity.config import Settings
+from fanfinity.pipeline import fold
 from fanfinity.pipeline.aggregator import Aggregator
-from fanfinity.pipeline.fold import SummaryIncrement, fold_events, fold_into, minute_key
+from fanfinity.pipeline.fold import (
+    MINUTE_KEYS_KEPT,
+    SummaryIncrement,
+    fold_events,
+    fold_into,
+    minute_key,
+)
 from fanfinity.schemas import EventType
 from fanfinity.storage.engine import open_engine
 from fanfinity.storage.repositories import CheckpointConflict, SummaryRepository
@@ -203,4 +210,15 @@ def test_redelivered_checkpointed_batches_are_counted_once(
     )
 )
 def test_a_minute_key_is_the_utc_minute_as_strftime_writes_it(moment: datetime) -> None:
-    assert minute_key(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    """Made or remembered (the second call, from another offset, finds the first's key)."""
+    expected = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    assert minute_key(moment) == expected
+    assert minute_key(moment.astimezone(timezone(timedelta(hours=-11)))) == expected
+
+
+def test_the_remembered_minute_keys_are_bounded() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for minute in range(3 * MINUTE_KEYS_KEPT):
+        moment = start + timedelta(minutes=minute, seconds=59, microseconds=999_999)
+        assert minute_key(moment) == moment.strftime("%Y-%m-%dT%H:%M")
+    assert 0 < len(fold._MINUTE_KEYS) <= MINUTE_KEYS_KEPT

@@ -96,10 +96,30 @@ def name_from_field_key(key: str) -> str:
     return key.replace("%2E", ".")
 
 
-def minute_key(moment: datetime) -> str:
-    """The per-minute series key of a moment: its UTC minute, as ``YYYY-MM-DDTHH:MM``.
+# Minute keys by minute number since the epoch: events come minute after minute, so nearly every
+# key is one made already, and the lookup costs a quarter of making it (~0.4 against 1.6 us).
+_MINUTE_KEYS: dict[int, str] = {}
+MINUTE_KEYS_KEPT = 4096
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MINUTE = timedelta(minutes=1)
 
-    From four-digit years on, the start of the ISO form is those very characters, at half the
+
+def minute_key(moment: datetime) -> str:
+    """The per-minute series key of a moment: its UTC minute, as ``YYYY-MM-DDTHH:MM``."""
+    try:
+        number = (moment - _EPOCH) // _MINUTE  # exact (integer microseconds), any UTC offset
+    except TypeError:  # a naive datetime: read as local time, as `astimezone` reads it
+        return _minute_text(moment)
+    key = _MINUTE_KEYS.get(number)
+    if key is None:
+        if len(_MINUTE_KEYS) >= MINUTE_KEYS_KEPT:
+            _MINUTE_KEYS.clear()
+        key = _MINUTE_KEYS[number] = _minute_text(moment)
+    return key
+
+
+def _minute_text(moment: datetime) -> str:
+    """From four-digit years on, the start of the ISO form is those very characters, at half the
     cost of `strftime` (which was 40 % of the fold's time per event)."""
     utc = moment.astimezone(UTC)
     if utc.year >= 1000:
