@@ -100,9 +100,9 @@ async def read_body(request: Request[Any, Any, Any]) -> bytes:
     when Content-Length announces it); a client that hangs up mid-body is `ClientDisconnected`.
 
     What `Request.body()` does, read straight from `receive`: Litestar's builds a `Headers` of
-    every request header to find Content-Length and streams through an async generator, ~6 us
-    of the ~300 an event costs. The body is left where `Request.body()` finds it, so a later
-    reader gets it too."""
+    every request header to find Content-Length and streams through an async generator (~6 us
+    more in a microbenchmark, 13-43 us more of the service's CPU per request under wrk). The
+    body is left where `Request.body()` finds it, so a later reader gets it too."""
     state = ScopeState.from_scope(request.scope)
     if state.body is not Empty:
         return state.body
