@@ -116,3 +116,21 @@ async def test_a_content_length_that_is_no_number_is_400_not_500(
     status, answer = await post_in_messages(app, pieces(body, len(body)), content_length="12x")
     assert (status, answer["status"]) == (400, 400)
     assert "content-length" in answer["detail"].lower()
+
+
+async def test_messages_as_the_asgi_spec_allows_them_are_read_whole(
+    app: Litestar, client: AsyncTestClient[Litestar]
+) -> None:
+    """`body` may be left out of a message (it defaults to empty) and a piece may be any
+    bytes-like object; the event is still read whole and stored."""
+    event = goal()
+    body = msgspec.json.encode(event)
+    messages = [
+        {"type": "http.request", "more_body": True},
+        {"type": "http.request", "body": memoryview(body[:10]), "more_body": True},
+        {"type": "http.request", "body": bytearray(body[10:]), "more_body": True},
+        {"type": "http.request"},
+    ]
+    status, answer = await post_in_messages(app, messages)
+    assert (status, answer["eventId"]) == (202, event["eventId"])
+    assert await stored(client, event["eventId"])

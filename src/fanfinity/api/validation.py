@@ -120,12 +120,12 @@ async def read_body(request: Request[Any, Any, Any]) -> bytes:
     while True:
         message = await request.receive()
         if message["type"] == "http.request":
-            chunk = message["body"]
+            chunk = message.get("body", b"")  # ASGI: `body` is optional, default b""
             if chunk:
                 size += len(chunk)
                 if size > limit:
                     raise RequestEntityTooLarge
-                chunks.append(chunk)
+                chunks.append(bytes(chunk))  # a server may hand over any bytes-like piece
             if not message.get("more_body", False):
                 break
         elif message["type"] == "http.disconnect":
