@@ -272,6 +272,33 @@ async def test_a_connection_lost_mid_response_is_freed_without_the_collector() -
 
 
 @pytest.mark.parametrize(
+    ("request_line", "offered"),
+    [
+        (b"GET /m/metrics/stream", True),
+        (b"GET /m/metrics/stream/", True),  # the router serves the same route
+        (b"GET /m/metrics/stream?x=1", True),
+        (b"GET /m/metrics/streams", False),
+        (b"GET /m/metrics/stream/more", False),
+        (b"POST /m/metrics/stream", False),
+    ],
+)
+async def test_only_a_stream_route_is_offered_its_connection(
+    request_line: bytes, offered: bool
+) -> None:
+    scopes: list[dict[str, Any]] = []
+
+    async def recording(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        scopes.append(scope)
+        await fixed_answer(scope, receive, send)
+
+    protocol, _ = await connected(recording)
+    protocol.data_received(request_line + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    await settled()
+    assert (STREAM_CONNECTION in (scopes[0].get("extensions") or {})) is offered
+    protocol.connection_lost(None)
+
+
+@pytest.mark.parametrize(
     ("max_head_bytes", "marked"), [(MAX_HEADER_BYTES, True), (MAX_HEADER_BYTES + 1, False)]
 )
 async def test_the_app_is_told_the_head_was_bounded_only_when_the_bound_is_the_apps(

@@ -45,6 +45,12 @@ EVENT_STREAM = b"text/event-stream"
 STREAM_PATH_SUFFIX = "/stream"  # the routes that may stream end so; other requests carry nothing
 
 
+def is_stream_path(path: str) -> bool:
+    """Whether a request may be a live stream's: its path ends in `/stream`, with or without the
+    trailing slashes the router ignores (`.../metrics/stream/` is the same route)."""
+    return path.rstrip("/").endswith(STREAM_PATH_SUFFIX)
+
+
 def install_request_context(
     app: Litestar, *, trace_ids: bool = False, log_successes: bool = True
 ) -> Litestar:
@@ -77,7 +83,7 @@ def request_context_middleware(
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 500, "trace_id": None, "stream": False}
         head = scope["method"] == "HEAD"
-        streams = scope["path"].endswith(STREAM_PATH_SUFFIX)  # only those routes stream
+        streams = is_stream_path(scope["path"])  # only those routes stream
         inner_scope: Any = {**scope, "method": "GET"} if head else scope
         body_sent = False
 

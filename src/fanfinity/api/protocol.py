@@ -44,7 +44,7 @@ from fanfinity.api.middleware import (
     HEAD_LIMITED,
     MAX_HEADER_BYTES,
     SECURITY_HEADERS,
-    STREAM_PATH_SUFFIX,
+    is_stream_path,
     new_request_id,
 )
 from fanfinity.config import Settings
@@ -445,7 +445,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # the app need not sum the headers, unless part of this head came in a body's read
         if self._head_counted and self.limits.max_head_bytes <= MAX_HEADER_BYTES:
             scope["extensions"] = {**(scope.get("extensions") or {}), HEAD_LIMITED: {}}
-        if scope.get("method") == "GET" and scope.get("path", "").endswith(STREAM_PATH_SUFFIX):
+        if scope.get("method") == "GET" and is_stream_path(scope.get("path", "")):
             self._offer_stream_connection()
 
     def _offer_stream_connection(self) -> None:
