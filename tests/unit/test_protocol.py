@@ -365,3 +365,47 @@ async def test_an_answer_given_before_the_body_is_not_followed_by_a_408(
     statuses = [write.split(b"\r\n")[0] for write in transport.writes]
     assert statuses == [b"HTTP/1.1 401 Unauthorized"]  # closed quietly, no second answer
     protocol.connection_lost(None)
+
+
+async def test_when_full_an_idle_connection_is_evicted_not_one_answering_a_pipelined_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection whose second, pipelined request is still being answered is not waiting for
+    a head: a newcomer in a full process makes room by closing the idle one instead."""
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "_waiting", {})
+    monkeypatch.setattr(
+        GuardedHttpToolsProtocol, "limits", ConnectionLimits(max_connections=2, reserve=0)
+    )
+    slow_may_answer = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope.get("path") == "/slow":
+            await slow_may_answer.wait()
+        await fixed_answer(scope, receive, send)
+
+    state = ServerState()
+    config = Config(app=app, lifespan="off", log_config=None)
+
+    def connect() -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
+        protocol = GuardedHttpToolsProtocol(
+            config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop()
+        )
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        return protocol, transport
+
+    busy, busy_transport = connect()
+    busy.data_received(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+    await settled()
+    assert len(busy_transport.writes) == 1  # /a answered; /slow is being answered
+    idle, idle_transport = connect()
+    newcomer, newcomer_transport = connect()  # the process is full: someone makes room
+    assert idle_transport.closed
+    assert not busy_transport.closed
+    assert not newcomer_transport.closed
+    slow_may_answer.set()
+    await settled()
+    assert len(busy_transport.writes) == 2
+    assert busy_transport.writes[1].endswith(b'{"ok":true}')
+    for protocol in (busy, idle, newcomer):
+        protocol.connection_lost(None)

@@ -486,6 +486,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.pipeline:  # start the pipelined request, as uvicorn does
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
+            return  # answering it, not waiting for a head (so not evictable): that comes after
         self._wait_for_head()
 
     def _release_head(self) -> None:
