@@ -1,14 +1,14 @@
 """Abuse probes for docs/security.md: each attack runs against a service on loopback while a
 producer in another process measures what it costs the producers. Bounded in count and time.
 
-    python scripts/abuse_probe.py serve --port 8800 [--http guarded|httptools|h11]
-    python scripts/abuse_probe.py produce --port 8800 --seconds 10 --rate 50 [--match ID]
-    python scripts/abuse_probe.py endless --port 8800 --seconds 8
-    python scripts/abuse_probe.py slowloris --port 8800 --connections 3000 --seconds 40
-    python scripts/abuse_probe.py subscribers --port 8800 --count 5000 --match ID --seconds 30
-    python scripts/abuse_probe.py storm --port 8800 --connections 50 --seconds 10
-    python scripts/abuse_probe.py batches --port 8800 --connections 1 --seconds 10
-    python scripts/abuse_probe.py usage --pid PID   # RSS and CPU seconds of a process
+    python -m scripts.abuse_probe serve --port 8800 [--http guarded|httptools|h11]
+    python -m scripts.abuse_probe produce --port 8800 --seconds 10 --rate 50 [--match ID]
+    python -m scripts.abuse_probe endless --port 8800 --seconds 8
+    python -m scripts.abuse_probe slowloris --port 8800 --connections 3000 --seconds 40
+    python -m scripts.abuse_probe subscribers --port 8800 --count 5000 --match ID --seconds 30
+    python -m scripts.abuse_probe storm --port 8800 --connections 50 --seconds 10
+    python -m scripts.abuse_probe batches --port 8800 --connections 1 --seconds 10
+    python -m scripts.abuse_probe usage --pid PID   # RSS and CPU seconds of a process
 
 Run the load side (subscribers, slowloris) in its own process: each process may hold 20,000
 files here, and its source addresses are spread over 127.0.0.2-254 to avoid port exhaustion.
@@ -26,17 +26,14 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from scripts.helpers import cpu_seconds, percentile, rss_mib
+
 KEY = os.environ.get("FANFINITY_PROBE_KEY", "local-dev-producer-key")
 HTTP = {
     "guarded": "fanfinity.api.protocol:GuardedHttpToolsProtocol",
     "httptools": "httptools",
     "h11": "h11",
 }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
 
 
 def source(index: int) -> str:
@@ -284,12 +281,7 @@ async def storm(port: int, connections: int, seconds: float) -> None:
 
 
 def usage(pid: int) -> None:
-    with open(f"/proc/{pid}/status") as status:
-        rss = next(line for line in status if line.startswith("VmRSS")).split()[1]
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    print(f"pid {pid}: RSS {int(rss) / 1024:.0f} MB, CPU {cpu:.2f} s")
+    print(f"pid {pid}: RSS {rss_mib(pid):.0f} MiB, CPU {cpu_seconds(pid):.2f} s")
 
 
 def main() -> None:
