@@ -6,7 +6,7 @@ producer in another process measures what it costs the producers. Bounded in cou
     python -m scripts.abuse_probe endless --port 8800 --seconds 8
     python -m scripts.abuse_probe slowloris --port 8800 --connections 3000 --seconds 40
     python -m scripts.abuse_probe subscribers --port 8800 --count 5000 --match ID --seconds 30
-    python -m scripts.abuse_probe storm --port 8800 --connections 50 --seconds 10
+    python -m scripts.abuse_probe storm --port 8800 --connections 50 --seconds 10 [--fresh]
     python -m scripts.abuse_probe batches --port 8800 --connections 1 --seconds 10
     python -m scripts.abuse_probe usage --pid PID   # RSS and CPU seconds of a process
 
@@ -259,25 +259,39 @@ async def subscribers(port: int, count: int, match_id: str, seconds: float) -> N
     )
 
 
-async def storm(port: int, connections: int, seconds: float) -> None:
-    """Wrong keys as fast as `connections` connections can send them."""
+async def storm(port: int, connections: int, seconds: float, fresh: bool = False) -> None:
+    """Wrong keys as fast as `connections` connections can send them (`fresh`: a new connection
+    for every guess, as a client that answers a hold by reconnecting would)."""
     statuses: dict[int, int] = {}
     deadline = time.monotonic() + seconds
 
     async def guess(index: int) -> None:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, local_addr=(source(index), 0)
-        )
+        """One keep-alive connection guessing keys; when the server closes it, a new one."""
         while time.monotonic() < deadline:
-            status = await http_request(
-                reader, writer, "POST", "/api/events", b"{}", key=f"guess-{uuid.uuid4().hex}"
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, local_addr=(source(index), 0)
             )
-            statuses[status] = statuses.get(status, 0) + 1
-        writer.close()
+            try:
+                while time.monotonic() < deadline:
+                    key = f"guess-{uuid.uuid4().hex}"
+                    status = await asyncio.wait_for(
+                        http_request(reader, writer, "POST", "/api/events", b"{}", key=key),
+                        max(deadline - time.monotonic(), 0.01),
+                    )
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if fresh:
+                        break
+            except (ConnectionError, asyncio.IncompleteReadError):
+                statuses[0] = statuses.get(0, 0) + 1  # 0: closed by the server
+            except TimeoutError:
+                pass
+            finally:
+                writer.close()
 
     await asyncio.gather(*(guess(index) for index in range(connections)))
     total = sum(statuses.values())
-    print(f"storm: {total} answers in {seconds:.0f} s ({total / seconds:.0f}/s): {statuses}")
+    rate = total / seconds
+    print(f"storm: {total} outcomes in {seconds:.0f} s ({rate:.0f}/s): {statuses} (0: closed)")
 
 
 def usage(pid: int) -> None:
@@ -295,6 +309,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--match", default="probe-match")
     parser.add_argument("--pid", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="storm: a new connection per guess")
     args = parser.parse_args()
     if args.probe == "serve":
         serve(args.port, args.http)
@@ -311,7 +326,7 @@ def main() -> None:
     elif args.probe == "batches":
         asyncio.run(batches(args.port, args.connections, args.seconds))
     elif args.probe == "storm":
-        asyncio.run(storm(args.port, args.connections, args.seconds))
+        asyncio.run(storm(args.port, args.connections, args.seconds, args.fresh))
     else:
         parser.error(f"unknown probe {args.probe!r}")
 

@@ -124,7 +124,7 @@ CONNECTIONS_OPEN = Gauge(
 CONNECTIONS_CLOSED = Counter(
     "fanfinity_connections_closed_total",
     "Connections closed by the server's own limits, by reason (head_too_large, head_timeout, "
-    "body_timeout, write_timeout, evicted_idle, refused_full).",
+    "body_timeout, write_timeout, evicted_idle, refused_full, hold_overflow).",
     ["reason"],
 )
 CLIENTS_THROTTLED = Counter(

@@ -204,3 +204,68 @@ async def test_streams_leave_the_reserve_to_producers_and_one_address_gets_its_s
             assert await produce(service, 10) == [202] * 10  # the reserve serves producers
             async with httpx.AsyncClient(base_url=service.base_url, timeout=5.0) as probe:
                 assert (await probe.get("/health/live")).status_code == 200
+
+
+async def post_guess(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """A POST with a wrong key on a keep-alive connection; the answer's head."""
+    writer.write(
+        b"POST /api/events HTTP/1.1\r\nHost: x\r\nX-API-Key: wrong-key-wrong-key\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return head
+
+
+def open_connections(metrics_text: str) -> float:
+    line = next(line for line in metrics_text.splitlines() if line.startswith("fanfinity_conn"))
+    assert line.startswith("fanfinity_connections_open "), line
+    return float(line.split()[1])
+
+
+async def test_a_throttled_address_gets_one_answer_per_wait_and_producers_are_not_slowed(
+    tmp_path: Path,
+) -> None:
+    """An address out of failed authentications that keeps guessing on keep-alive connections
+    is held for its Retry-After (half the head timeout at most) after each 429: a handful of
+    answers, not thousands, while a producer elsewhere keeps its pace; a held connection whose
+    client hangs up is let go at once, not when its hold ends."""
+    async with running_service(
+        tmp_path / "service.log",
+        FANFINITY_HEAD_TIMEOUT_S="2",
+        FANFINITY_AUTH_FAILURES_BURST="2",
+        FANFINITY_AUTH_FAILURES_PER_S="0.01",
+    ) as service:
+        guesser = "127.0.0.7"
+        reader, writer = await raw_connection(service, guesser)
+        assert [(await post_guess(reader, writer)).split(b" ")[1] for _ in range(3)] == [
+            b"401",
+            b"401",
+            b"429",
+        ]
+        producer = asyncio.create_task(produce(service, 40, pause_s=0.05))
+        answers, started = 0, time.monotonic()
+        while time.monotonic() - started < 3.0:  # guess again at once, whatever Retry-After says
+            head = await post_guess(reader, writer)
+            assert head.startswith(b"HTTP/1.1 429 ")
+            assert b"retry-after: " in head
+            answers += 1
+        assert answers <= 4, f"{answers} answers in 3 s with holds of 1 s"
+        assert await producer == [202] * 40
+        writer.close()
+
+        held = [await raw_connection(service, guesser) for _ in range(20)]
+        for held_reader, held_writer in held:
+            await post_guess(held_reader, held_writer)  # a 429, then a hold of 1 s
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=5.0) as client:
+            before = open_connections((await client.get("/metrics")).text)
+            for _, held_writer in held:
+                held_writer.close()
+            await asyncio.sleep(0.3)
+            after = open_connections((await client.get("/metrics")).text)
+        assert before - after >= 20, (before, after)

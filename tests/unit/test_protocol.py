@@ -18,8 +18,9 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from fanfinity.api.middleware import HEAD_LIMITED, MAX_HEADER_BYTES
+from fanfinity.api.middleware import HEAD_LIMITED, HOLD_READING_S, MAX_HEADER_BYTES
 from fanfinity.api.protocol import (
+    HELD_MAX_BYTES,
     JOIN_MAX_BYTES,
     STREAM_CONNECTION,
     ConnectionLimits,
@@ -409,3 +410,48 @@ async def test_when_full_an_idle_connection_is_evicted_not_one_answering_a_pipel
     assert busy_transport.writes[1].endswith(b'{"ok":true}')
     for protocol in (busy, idle, newcomer):
         protocol.connection_lost(None)
+
+
+async def held_answer(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """The fixed answer, marked as the request middleware marks a throttled one (1 s hold)."""
+    scope[HOLD_READING_S] = 1
+    await fixed_answer(scope, receive, send)
+
+
+@pytest.fixture
+def head_timeout_of_half_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = ConnectionLimits(max_connections=100, reserve=10, head_timeout_s=0.5)
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "limits", limits)
+
+
+async def test_what_a_held_connection_sends_is_answered_when_its_hold_ends(
+    head_timeout_of_half_a_second: None,
+) -> None:
+    protocol, transport = await connected(held_answer)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    await settled()
+    loop = asyncio.get_running_loop()
+    answered_at = loop.time()
+    protocol.data_received(b"POST /y HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    await asyncio.sleep(answered_at + 0.25 - LATE_S - loop.time())
+    assert len(transport.writes) == 1  # kept, not parsed, during the hold (a quarter second)
+    await asyncio.sleep(answered_at + 0.25 + 2 * LATE_S - loop.time())
+    assert len(transport.writes) == 2
+    assert transport.writes[1].endswith(b'{"ok":true}')
+    assert not transport.closed
+    protocol.connection_lost(None)
+
+
+async def test_a_held_connection_that_sends_too_much_is_closed(
+    head_timeout_of_half_a_second: None,
+) -> None:
+    protocol, transport = await connected(held_answer)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    await settled()
+    protocol.data_received(b"x" * HELD_MAX_BYTES)
+    assert not transport.closed
+    protocol.data_received(b"x")
+    assert transport.closed
+    await asyncio.sleep(0.3)  # the hold's end finds nothing left to parse
+    assert len(transport.writes) == 1
+    protocol.connection_lost(None)

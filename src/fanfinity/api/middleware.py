@@ -113,6 +113,8 @@ def request_context_middleware(
             if throttled:
                 metrics.CLIENTS_THROTTLED.labels("failed_auth").inc()
                 inner_scope["path_template"] = THROTTLED_ROUTE
+                marked: Any = scope  # a key of ours, not one of ASGI's
+                marked[HOLD_READING_S] = throttled
                 await _refuse(send_with_headers, 429, THROTTLED_BODY, throttled)
             elif _unchecked_head_too_large(scope):
                 await _refuse(send_with_headers, 431, LARGE_HEAD_BODY)
@@ -150,6 +152,10 @@ LARGE_HEAD_BODY = (
     b' large","status":431,"detail":"request headers above %d bytes"}' % MAX_HEADER_BYTES
 )
 THROTTLED_ROUTE = "throttled"  # the path label of writes refused before routing
+# Set on the scope of a throttled answer: the seconds the server may read nothing more from the
+# connection. Our protocol honours it (a storm on keep-alive connections then costs one answer per
+# connection per Retry-After, not one per request); other servers ignore the key.
+HOLD_READING_S = "fanfinity.hold_reading_s"
 THROTTLED_BODY = (
     b'{"type":"urn:fanfinity:problem:too-many-failed-authentications","title":"Too many failed'
     b' authentications from this address","status":429,"detail":"too many failed'

@@ -23,7 +23,14 @@ health checks' included, is reset). This subclass keeps httptools' speed and add
   (`StreamConnection`), so the stream hub writes frames straight to the transport instead of
   waking one task per subscriber per frame (see `pipeline/streams.py`);
 - a response with a length is one write, head and body together (`HeadWithBody`): uvicorn writes
-  them separately, and each write is a send(2) the kernel charges ~9 us for on loopback here.
+  them separately, and each write is a send(2) the kernel charges ~9 us for on loopback here;
+- after an answer the request middleware marks as throttled (`HOLD_READING_S`: an address out of
+  failed authentications), what the connection sends next is kept, not parsed, for its
+  Retry-After (at most half the head timeout, so the hold always ends first): a client that
+  ignores Retry-After on a keep-alive connection gets one answer per wait, not thousands a second
+  of the producers' CPU. Reading goes on (a client that hangs up is let go at once; pausing the
+  socket instead kept thousands of closed connections until their holds ended), and more than
+  `HELD_MAX_BYTES` in one hold closes the connection.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from fanfinity import metrics
 from fanfinity.api.middleware import (
     HEAD_LIMITED,
+    HOLD_READING_S,
     MAX_HEADER_BYTES,
     SECURITY_HEADERS,
     is_stream_path,
@@ -54,6 +62,7 @@ FILES_KEPT_FOR_THE_PROCESS = 1_000  # store connections, log files, the listener
 # closing a socket with unread input sends a reset, which makes the client lose the answer.
 LINGER_S = 1.0
 LINGER_BYTES = 64 * 1024  # read and dropped at most; then reading pauses until the close
+HELD_MAX_BYTES = 64 * 1024  # kept at most while a throttled connection is held; then it is closed
 JOIN_MAX_BYTES = 64 * 1024  # a larger body is written after its head, not copied to join it
 
 
@@ -308,6 +317,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_pending = False
         self._write_timer: asyncio.TimerHandle | None = None
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._held: bytearray | None = None  # bytes kept while held (None: not held)
         self._refused = False
         self._dropped_bytes = 0
         self._streams: list[StreamConnection] | None = None
@@ -366,6 +377,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
 
     # Bytes out
     def pause_writing(self) -> None:
@@ -393,6 +407,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._dropped_bytes += len(data)
             if self._dropped_bytes > LINGER_BYTES:
                 self.transport.pause_reading()
+            return
+        if self._held is not None:  # throttled: kept for the end of the hold, within a bound
+            self._held += data
+            if len(self._held) > HELD_MAX_BYTES:
+                self._cancel_timers()
+                self._held = None
+                metrics.CONNECTIONS_CLOSED.labels("hold_overflow").inc()
+                self.transport.close()
             return
         if not self._reading_head:
             self._uncounted_read = True
@@ -487,7 +509,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return  # answering it, not waiting for a head (so not evictable): that comes after
+        scope: Any = self.cycle.scope if self.cycle is not None else {}
+        hold_s = scope.get(HOLD_READING_S)
+        if hold_s:
+            self._hold(min(hold_s, self.limits.head_timeout_s / 2))
         self._wait_for_head()
+
+    def _hold(self, seconds: float) -> None:
+        """Keep what this connection sends for `seconds` before parsing it."""
+        self._held = bytearray()
+        self._hold_timer = self.loop.call_later(seconds, self._end_hold)
+
+    def _end_hold(self) -> None:
+        self._hold_timer = None
+        held, self._held = self._held, None
+        if held and not self.transport.is_closing():
+            self.data_received(bytes(held))
 
     def _release_head(self) -> None:
         """Before the protocol itself closes: the head the client would have had is written."""
