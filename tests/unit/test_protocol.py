@@ -455,3 +455,47 @@ async def test_a_held_connection_that_sends_too_much_is_closed(
     await asyncio.sleep(0.3)  # the hold's end finds nothing left to parse
     assert len(transport.writes) == 1
     protocol.connection_lost(None)
+
+
+async def test_a_refusal_behind_a_live_stream_closes_the_connection_without_writing_into_it() -> (
+    None
+):
+    """A head over the limit pipelined behind a stream: the stream's chunked body must not get a
+    431 in the middle of it (and a write-EOF the stream's next frame would fail on); the
+    connection is closed and the stream is told its client is gone."""
+    stream_may_end = asyncio.Event()
+
+    async def stream(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope.get("path") != "/m/metrics/stream":
+            await fixed_answer(scope, receive, send)
+            return
+        assert STREAM_CONNECTION in scope["extensions"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await stream_may_end.wait()
+
+    class EofTransport(RecordingTransport):
+        def can_write_eof(self) -> bool:
+            return True
+
+        def write_eof(self) -> None:
+            self.writes.append(b"<EOF>")
+
+    config = Config(app=stream, lifespan="off", log_config=None)
+    protocol = GuardedHttpToolsProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = EofTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(b"GET /m/metrics/stream HTTP/1.1\r\nHost: t\r\n\r\n")
+    await settled()
+    streamed = list(transport.writes)
+    protocol.data_received(
+        b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nX: " + b"a" * 20_000
+    )
+    await settled()
+    assert transport.closed
+    assert transport.writes == streamed  # nothing after the stream's own bytes
+    protocol.connection_lost(None)
+    stream_may_end.set()
+    await settled()

@@ -228,3 +228,54 @@ async def test_a_stream_the_hub_ended_before_it_began_ends_normally(hub: StreamH
     assert await subscriber.stream_to(transport) is True  # an empty stream, ended properly
     assert transport.written == b""
     assert hub.subscribers == 0
+
+
+class RefusingTransport(FakeTransport):
+    """A connection the server has already ended (say, refused a request pipelined behind the
+    stream): every further write raises, as asyncio's does after `write_eof()`."""
+
+    def write(self, data: bytes) -> None:
+        if self.written:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        super().write(data)
+
+
+async def test_a_connection_that_refuses_writes_is_dropped_alone_and_the_match_keeps_streaming(
+    hub: StreamHub, engine: Engine
+) -> None:
+    broken = await hub.open(MATCH, "198.51.100.10")
+    broken_task = asyncio.create_task(broken.stream_to(RefusingTransport()))
+    _, transport, _ = await direct(hub, "198.51.100.11")
+    for total, minute in ((2, 10), (3, 20)):
+        await count(engine, "goal", minute)
+        hub.nudge([MATCH])
+        expected = b'"totalEvents":%d' % total
+        await until(lambda: expected in transport.chunks()[-1])  # noqa: B023 (awaited here)
+    assert hub.dropped == 1
+    assert not broken.streaming
+    broken_task.cancel()
+    _, later, _ = await direct(hub, "198.51.100.12")  # a fan who comes later is still served
+    await count(engine, "corner", 30)
+    hub.nudge([MATCH])
+    await until(lambda: b'"totalEvents":4' in later.chunks()[-1])
+
+
+async def test_a_channel_whose_publisher_fails_ends_its_streams_and_a_new_one_serves_later_fans(
+    hub: StreamHub, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, first_task = await direct(hub)
+    channel = hub.channels[MATCH]
+
+    async def failing_broadcast(frame: Frame) -> None:
+        raise RuntimeError("a bug in the fan-out")
+
+    monkeypatch.setattr(channel, "broadcast", failing_broadcast)
+    await count(engine, "goal", 10)
+    hub.nudge([MATCH])
+    assert await asyncio.wait_for(first_task, 2) is True  # ended: the client reconnects
+    assert MATCH not in hub.channels or hub.channels[MATCH] is not channel
+    _, later, _ = await direct(hub)
+    assert hub.channels[MATCH] is not channel
+    await count(engine, "corner", 20)
+    hub.nudge([MATCH])
+    await until(lambda: b'"totalEvents":3' in later.chunks()[-1])

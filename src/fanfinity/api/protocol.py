@@ -205,6 +205,11 @@ class StreamConnection:
         return self._cycle is not None and not self._cycle.response_complete
 
     def lost(self) -> None:
+        cycle = self._cycle
+        if cycle is not None and not cycle.response_complete:
+            # uvicorn tells only the newest cycle, and a request may be queued behind a stream
+            cycle.disconnected = True
+            cycle.message_event.set()
         callback, self.on_lost = self.on_lost, None
         if callback is not None:
             callback()
@@ -558,6 +563,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refuse(HEAD_TIMEOUT, "body_timeout")
 
+    def _answering_earlier(self) -> bool:
+        """Whether a response to an earlier request is still going out on this connection (the
+        current cycle is queued behind it, or a live stream holds it)."""
+        return bool(self.pipeline) or any(stream.active for stream in self._streams or ())
+
     def _refuse(
         self,
         answer: Answer,
@@ -572,7 +582,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and answering:
             self.cycle.disconnected = True  # the app sees a disconnect, never writes after us
             self.cycle.message_event.set()
-        if answering and self.cycle is not None and self.cycle.response_started:
+        started = answering and self.cycle is not None and self.cycle.response_started
+        if started or self._answering_earlier():  # no answer of ours inside a response
             self._release_head()
             self.transport.close()
             return

@@ -195,7 +195,10 @@ class Subscriber:
                 self.backlog_since = now
             elif now - self.backlog_since > slow_s:
                 return False
-            sink.write(frame.chunk)
+            try:
+                sink.write(frame.chunk)
+            except Exception:  # a connection that cannot take it (closed under us): drop it alone
+                return False
         elif self.queue is not None:
             queue = self.queue
             if not queue.qsize():
@@ -279,6 +282,19 @@ class MatchChannel:
         self.hub.fanned_out(len(subscribers), spent + queued * QUEUED_WAKE_COST_S)
 
     async def poll(self) -> None:
+        """Publish until full time or the last subscriber; the channel is forgotten however that
+        ends, so a failure here ends these streams (their clients reconnect to a new channel)
+        instead of leaving every later subscriber on a channel nobody publishes to."""
+        try:
+            await self._publish()
+        except Exception:
+            logger.exception("live stream of {} failed; its streams end", self.match_id)
+            for subscriber in list(self.subscribers):
+                subscriber.finish()
+        finally:
+            self.hub.forget(self)
+
+    async def _publish(self) -> None:
         """Publish changed metrics every interval, keep-alives when idle, end after full time."""
         last_sent = time.monotonic()
         while self.subscribers and not self.last.ended:
@@ -308,7 +324,6 @@ class MatchChannel:
             await self.broadcast(END_FRAME)
             for subscriber in list(self.subscribers):
                 subscriber.finish()
-        self.hub.forget(self)
 
 
 class StreamHub:
