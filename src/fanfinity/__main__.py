@@ -65,6 +65,10 @@ def _serve(settings: Settings, role: Literal["api", "aggregator"]) -> int:
         "workers": workers,
         "loop": "uvloop",
         "http": "fanfinity.api.protocol:GuardedHttpToolsProtocol",  # httptools with limits
+        # No route speaks WebSocket: an upgrade is answered as the plain request it is, and never
+        # handed to a protocol without our head, body and connection limits (one that would wait
+        # for ever on a handshake that carries a body).
+        "ws": "none",
         "forwarded_allow_ips": settings.forwarded_allow_ips,
         "lifespan": "on",
         "log_config": None,

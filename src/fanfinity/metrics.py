@@ -124,8 +124,12 @@ CONNECTIONS_OPEN = Gauge(
 CONNECTIONS_CLOSED = Counter(
     "fanfinity_connections_closed_total",
     "Connections closed by the server's own limits, by reason (head_too_large, head_timeout, "
-    "body_timeout, write_timeout, evicted_idle, refused_full, hold_overflow).",
+    "body_timeout, body_too_large, write_timeout, evicted_idle, refused_full, hold_overflow).",
     ["reason"],
+)
+CONNECTIONS_UPGRADE_IGNORED = Counter(
+    "fanfinity_upgrade_requests_ignored_total",
+    "Requests asking to upgrade the connection (WebSocket, h2c): answered as plain HTTP/1.1.",
 )
 CLIENTS_THROTTLED = Counter(
     "fanfinity_clients_throttled_total",

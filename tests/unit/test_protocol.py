@@ -474,24 +474,13 @@ async def test_a_refusal_behind_a_live_stream_closes_the_connection_without_writ
         await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
         await stream_may_end.wait()
 
-    class EofTransport(RecordingTransport):
-        def can_write_eof(self) -> bool:
-            return True
-
-        def write_eof(self) -> None:
-            self.writes.append(b"<EOF>")
-
-    config = Config(app=stream, lifespan="off", log_config=None)
-    protocol = GuardedHttpToolsProtocol(
-        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
-    )
-    transport = EofTransport()
-    protocol.connection_made(transport)
+    protocol, transport = await connected_with_eof(stream)
     protocol.data_received(b"GET /m/metrics/stream HTTP/1.1\r\nHost: t\r\n\r\n")
     await settled()
     streamed = list(transport.writes)
     protocol.data_received(
-        b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nX: " + b"a" * 20_000
+        b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nX: "
+        + b"a" * (3 * MAX_HEADER_BYTES)
     )
     await settled()
     assert transport.closed
@@ -499,3 +488,88 @@ async def test_a_refusal_behind_a_live_stream_closes_the_connection_without_writ
     protocol.connection_lost(None)
     stream_may_end.set()
     await settled()
+
+
+class EofRecordingTransport(RecordingTransport):
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.writes.append(b"<EOF>")
+
+
+async def connected_with_eof(app: Any) -> tuple[GuardedHttpToolsProtocol, EofRecordingTransport]:
+    config = Config(app=app, lifespan="off", log_config=None)
+    protocol = GuardedHttpToolsProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = EofRecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_trailers_are_dropped_and_an_endless_one_ends_the_connection() -> None:
+    scopes: list[dict[str, Any]] = []
+
+    async def recording(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        scopes.append(scope)
+        await fixed_answer(scope, receive, send)
+
+    protocol, transport = await connected_with_eof(recording)
+    protocol.data_received(
+        b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\nX-Api-Key: smuggled\r\n\r\n"
+    )
+    await settled()
+    assert [name for name, _ in scopes[0]["headers"]] == [b"host", b"transfer-encoding"]
+    assert len(transport.writes) == 1
+    protocol.data_received(b"GET /y HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    protocol.data_received(b"0\r\nX: ")
+    await settled()
+    for _ in range(20):  # 1.25 MiB of one trailer value, far past what any request may send
+        protocol.data_received(b"a" * 65536)
+    assert transport.writes[-2].startswith(b"HTTP/1.1 413 ")  # then the end of what it is sent
+    assert transport.writes[-1] == b"<EOF>"
+    protocol.connection_lost(None)
+
+
+async def test_a_body_in_thousands_of_tiny_chunks_is_refused_413() -> None:
+    protocol, transport = await connected_with_eof(fixed_answer)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    protocol.data_received(b"1\r\na\r\n" * 5000)
+    await settled()
+    assert transport.writes[0].startswith(b"HTTP/1.1 413 ")
+    assert b"application/problem+json" in transport.writes[0]
+    protocol.connection_lost(None)
+
+
+async def test_a_body_still_coming_after_its_answer_is_read_only_up_to_a_bound() -> None:
+    async def answers_at_once(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    protocol, transport = await connected(answers_at_once)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\n")
+    await settled()
+    assert transport.writes[0].startswith(b"HTTP/1.1 401 ")
+    sent = 0
+    while not transport.closed and sent < 1_000_000:
+        protocol.data_received(b"x" * 16384)
+        sent += 16384
+    assert transport.closed
+    assert sent <= 64 * 1024 + 16384
+    protocol.connection_lost(None)
+
+
+async def test_pipelined_requests_past_the_head_limit_in_one_read_are_all_answered() -> None:
+    protocol, transport = await connected(fixed_answer)
+    one = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+    protocol.data_received(one * (2 * MAX_HEADER_BYTES // len(one)))
+    for _ in range(50):
+        await settled()
+    answers = b"".join(transport.writes).count(b"HTTP/1.1 200 OK")
+    assert answers == 2 * MAX_HEADER_BYTES // len(one)
+    assert b"431" not in b"".join(transport.writes)
+    assert not transport.closed
+    protocol.connection_lost(None)

@@ -56,6 +56,7 @@ from fanfinity.api.middleware import (
     new_request_id,
 )
 from fanfinity.config import Settings
+from fanfinity.schemas import MAX_BATCH_BYTES
 
 FILES_KEPT_FOR_THE_PROCESS = 1_000  # store connections, log files, the listener, epoll, imports
 # After a refusal, bytes still arriving are read and dropped for this long before the close:
@@ -63,6 +64,12 @@ FILES_KEPT_FOR_THE_PROCESS = 1_000  # store connections, log files, the listener
 LINGER_S = 1.0
 LINGER_BYTES = 64 * 1024  # read and dropped at most; then reading pauses until the close
 HELD_MAX_BYTES = 64 * 1024  # kept at most while a throttled connection is held; then it is closed
+# What one request may send after its head, framing and trailers included: twice the largest body
+# a route takes (chunk framing of reasonable pieces costs little), and in at most this many pieces
+# (one-byte chunks would cost the parser a callback each). Beyond either: 413, or a close when
+# the answer has begun. Once answered, at most LINGER_BYTES more of its body is read.
+MAX_BODY_WIRE_BYTES = 2 * MAX_BATCH_BYTES
+MAX_BODY_PIECES = 4096
 JOIN_MAX_BYTES = 64 * 1024  # a larger body is written after its head, not copied to join it
 
 
@@ -136,6 +143,12 @@ HEAD_TOO_LARGE: Answer = (
     b"Request Header Fields Too Large",
     b"request-headers-too-large",
     b"request line and headers above %d bytes",
+)
+BODY_TOO_LARGE: Answer = (
+    413,
+    b"Content Too Large",
+    b"payload-too-large",
+    b"the request body (with its framing) is larger than any endpoint accepts",
 )
 HEAD_TIMEOUT: Answer = (
     408,
@@ -324,6 +337,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._write_timer: asyncio.TimerHandle | None = None
         self._hold_timer: asyncio.TimerHandle | None = None
         self._held: bytearray | None = None  # bytes kept while held (None: not held)
+        self._body_bytes = 0  # bytes read after this request's head (framing, trailers included)
+        self._body_pieces = 0
+        self._messages_completed = 0
         self._refused = False
         self._dropped_bytes = 0
         self._streams: list[StreamConnection] | None = None
@@ -422,6 +438,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
             return
         if not self._reading_head:
+            self._body_bytes += len(data)
+            if self._body_bytes > self._body_allowance():
+                self._body_over_limit()
+                return
             self._uncounted_read = True
             try:
                 super().data_received(data)
@@ -432,11 +452,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if len(data) <= allowed:
                 self._head_bytes += len(data)
                 super().data_received(data)
-            else:  # feed up to the limit; if the head has not ended there, it is too large
+            else:  # feed up to the limit; if one head has not ended there, it is too large
+                completed = self._messages_completed
                 super().data_received(data[:allowed])
                 if self.transport.is_closing():
                     return
-                if self._reading_head:
+                if self._reading_head and self._messages_completed == completed:
                     status, reason, slug, detail = HEAD_TOO_LARGE
                     limit = self.limits.max_head_bytes
                     self._refuse((status, reason, slug, detail % limit), "head_too_large")
@@ -448,7 +469,43 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.limits.body_timeout_s, self._body_timed_out
             )
 
+    def _body_allowance(self) -> int:
+        """Bytes this request may still send after its head: once it is answered, only a
+        lingering tail of its body is read (then the connection is closed)."""
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:
+            return min(MAX_BODY_WIRE_BYTES, LINGER_BYTES)
+        return MAX_BODY_WIRE_BYTES
+
+    def _body_over_limit(self) -> None:
+        if self._refused or self.transport.is_closing():
+            return  # refused already (the parser is still going through the same read)
+        cycle = self.cycle
+        if cycle is not None and (cycle.response_started or cycle.response_complete):
+            metrics.CONNECTIONS_CLOSED.labels("body_too_large").inc()
+            self._cancel_timers()
+            self._release_head()
+            self.transport.close()  # answered already: stop reading what nobody will use
+            return
+        self._refuse(BODY_TOO_LARGE, "body_too_large")
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn logs two warnings per request carrying `Upgrade` (none is supported here, and
+        the request is answered as a plain one): a log flood for a client without a key."""
+        metrics.CONNECTIONS_UPGRADE_IGNORED.inc()
+
     # Parser callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._reading_head:  # trailers (after the body) are read and dropped: nothing uses them
+            super().on_header(name, value)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_pieces += 1
+        if self._body_pieces > MAX_BODY_PIECES:
+            self._body_over_limit()
+            return
+        super().on_body(body)
+
     def on_message_begin(self) -> None:
         self._head_started = True
         # a pipelined head that starts in the rest of a body's read escapes the count
@@ -458,6 +515,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_started = False
         self._reading_head = False
+        self._body_bytes = self._body_pieces = 0
         self._body_pending = True
         self._waiting.pop(self, None)
         if self._head_timer is not None:
@@ -492,6 +550,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._messages_completed += 1
         self._body_pending = False
         if self._body_timer is not None:
             self._body_timer.cancel()
