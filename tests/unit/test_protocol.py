@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -25,7 +26,9 @@ from fanfinity.api.protocol import (
     STREAM_CONNECTION,
     ConnectionLimits,
     GuardedHttpToolsProtocol,
+    configure,
 )
+from fanfinity.config import Settings
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -573,3 +576,32 @@ async def test_pipelined_requests_past_the_head_limit_in_one_read_are_all_answer
     assert b"431" not in b"".join(transport.writes)
     assert not transport.closed
     protocol.connection_lost(None)
+
+
+async def test_bytes_that_are_not_http_get_a_problem_400_after_the_answer_in_progress() -> None:
+    """A valid request, then garbage in the same read: the request keeps its answer, then the
+    garbage gets the service's problem+json 400 (not uvicorn's plain text) and the end."""
+    protocol, transport = await connected_with_eof(fixed_answer)
+    protocol.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\nGET /\x01 HTTP/1.1\r\n\r\n")
+    for _ in range(5):
+        await settled()
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    refusal = transport.writes[1]
+    assert refusal.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/problem+json" in refusal
+    assert b"x-request-id: " in refusal
+    assert b"x-content-type-options: nosniff" in refusal
+    assert b'"type":"urn:fanfinity:problem:malformed-http"' in refusal
+    assert transport.writes[2] == b"<EOF>"
+    protocol.connection_lost(None)
+
+
+def test_uvicorn_logs_no_line_per_malformed_request(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "limits", GuardedHttpToolsProtocol.limits)
+    configure(Settings(api_keys=""))
+    with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+        logging.getLogger("uvicorn.error").warning("Invalid HTTP request received.")
+        logging.getLogger("uvicorn.error").warning("Something else worth a line.")
+    assert [record.getMessage() for record in caplog.records] == ["Something else worth a line."]
