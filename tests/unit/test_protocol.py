@@ -552,15 +552,15 @@ async def test_a_body_still_coming_after_its_answer_is_read_only_up_to_a_bound()
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": b"no"})
 
-    protocol, transport = await connected(answers_at_once)
+    protocol, transport = await connected_with_eof(answers_at_once)
     protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\n")
     await settled()
     assert transport.writes[0].startswith(b"HTTP/1.1 401 ")
     sent = 0
-    while not transport.closed and sent < 1_000_000:
+    while transport.writes[-1] != b"<EOF>" and sent < 1_000_000:
         protocol.data_received(b"x" * 16384)
         sent += 16384
-    assert transport.closed
+    assert transport.writes[-1] == b"<EOF>"  # the end, after the answer (closed a second later)
     assert sent <= 64 * 1024 + 16384
     protocol.connection_lost(None)
 

@@ -12,7 +12,13 @@ health checks' included, is reset). This subclass keeps httptools' speed and add
 - a connection has `head_timeout_s` to send a whole head, from the moment it opens or its last
   response ends (a slowloris or an idle keep-alive connection is closed, 408 if it had begun);
   this timer is also the keep-alive timeout, so uvicorn's own is never armed;
-- a request has `body_timeout_s` to send its body once its head is in;
+- a request has `body_timeout_s` to send its body once its head is in, and may send at most
+  `MAX_BODY_WIRE_BYTES` in `MAX_BODY_PIECES` pieces after its head, framing and trailers
+  included (413); trailers are dropped; once answered, at most `LINGER_BYTES` more of its body
+  is read before the connection is closed;
+- bytes that are not HTTP/1.1 get a problem+json 400 (after the answer in progress, if any),
+  counted rather than logged, and no answer of the protocol's own is ever written into another
+  response in flight (a request queued behind a stream is refused by closing);
 - a client that does not read what it is sent (writes blocked for `write_timeout_s`, once the
   socket buffers are full) is disconnected: a live stream nobody reads ends;
 - at most `max_connections` per process: when full, the connection idle the longest (waiting for a
@@ -489,11 +495,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused or self.transport.is_closing():
             return  # refused already (the parser is still going through the same read)
         cycle = self.cycle
-        if cycle is not None and (cycle.response_started or cycle.response_complete):
+        if cycle is not None and cycle.response_complete and not self._answering_earlier():
+            # answered (say a 413 before the body): read no more of it, and end the connection
+            # as a refusal does, so the answer is not lost to a reset
+            metrics.CONNECTIONS_CLOSED.labels("body_too_large").inc()
+            self._cancel_timers()
+            self._refused = True
+            self._close_lingering()
+            return
+        if cycle is not None and cycle.response_started:
             metrics.CONNECTIONS_CLOSED.labels("body_too_large").inc()
             self._cancel_timers()
             self._release_head()
-            self.transport.close()  # answered already: stop reading what nobody will use
+            self.transport.close()  # in the middle of its answer: cut it
             return
         self._refuse(BODY_TOO_LARGE, "body_too_large")
 
@@ -672,7 +686,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refused = True
         self.transport.write(canned_response(answer, retry_after_s))
-        if linger and self.transport.can_write_eof():
+        if linger:
+            self._close_lingering()
+        else:
+            self.transport.close()
+
+    def _close_lingering(self) -> None:
+        """Close after what was written, reading and dropping what still arrives for a while:
+        closing a socket with unread input sends a reset, which makes the client lose the
+        answer."""
+        if self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
         else:
