@@ -124,8 +124,8 @@ CONNECTIONS_OPEN = Gauge(
 CONNECTIONS_CLOSED = Counter(
     "fanfinity_connections_closed_total",
     "Connections closed by the server's own limits, by reason (head_too_large, head_timeout, "
-    "body_timeout, body_too_large, malformed_http, write_timeout, evicted_idle, refused_full, "
-    "hold_overflow).",
+    "body_timeout, body_too_large, malformed_http, upgrade_with_body, write_timeout, "
+    "evicted_idle, refused_full, hold_overflow).",
     ["reason"],
 )
 CONNECTIONS_UPGRADE_IGNORED = Counter(

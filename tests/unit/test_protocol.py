@@ -74,7 +74,7 @@ async def fixed_answer(scope: dict[str, Any], receive: Receive, send: Send) -> N
 
 
 async def connected(app: Any) -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
-    config = Config(app=app, lifespan="off", log_config=None)
+    config = Config(app=app, lifespan="off", log_config=None, ws="none")
     protocol = GuardedHttpToolsProtocol(
         config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
     )
@@ -388,7 +388,7 @@ async def test_when_full_an_idle_connection_is_evicted_not_one_answering_a_pipel
         await fixed_answer(scope, receive, send)
 
     state = ServerState()
-    config = Config(app=app, lifespan="off", log_config=None)
+    config = Config(app=app, lifespan="off", log_config=None, ws="none")
 
     def connect() -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
         protocol = GuardedHttpToolsProtocol(
@@ -502,7 +502,7 @@ class EofRecordingTransport(RecordingTransport):
 
 
 async def connected_with_eof(app: Any) -> tuple[GuardedHttpToolsProtocol, EofRecordingTransport]:
-    config = Config(app=app, lifespan="off", log_config=None)
+    config = Config(app=app, lifespan="off", log_config=None, ws="none")
     protocol = GuardedHttpToolsProtocol(
         config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
     )
@@ -605,3 +605,28 @@ def test_uvicorn_logs_no_line_per_malformed_request(
         logging.getLogger("uvicorn.error").warning("Invalid HTTP request received.")
         logging.getLogger("uvicorn.error").warning("Something else worth a line.")
     assert [record.getMessage() for record in caplog.records] == ["Something else worth a line."]
+
+
+async def test_an_upgrade_request_with_a_body_is_told_why_and_one_without_is_answered() -> None:
+    """The parser gives nothing after an upgrade head, so a POST asking for h2c (as
+    `curl --http2` does over http://) would reach the app with an empty body: it gets a 400 that
+    says what to do instead. A bodyless upgrade request is answered as the plain request it is."""
+    protocol, transport = await connected_with_eof(fixed_answer)
+    protocol.data_received(
+        b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    await settled()
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    protocol.connection_lost(None)
+
+    protocol, transport = await connected_with_eof(fixed_answer)
+    protocol.data_received(
+        b"POST /api/events HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    await settled()
+    assert transport.writes[0].startswith(b"HTTP/1.1 400 ")
+    assert b'"type":"urn:fanfinity:problem:upgrade-not-supported"' in transport.writes[0]
+    assert b"--http1.1" in transport.writes[0]
+    protocol.connection_lost(None)

@@ -163,6 +163,12 @@ MALFORMED: Answer = (
     b"malformed-http",
     b"the request is not valid HTTP/1.1",
 )
+UPGRADE_WITH_BODY: Answer = (
+    400,
+    b"Bad Request",
+    b"upgrade-not-supported",
+    b"this server speaks HTTP/1.1 only: send the request without Upgrade (curl: --http1.1)",
+)
 HEAD_TIMEOUT: Answer = (
     408,
     b"Request Timeout",
@@ -547,6 +553,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade() and self._announces_body():
+            # the parser hands nothing after an upgrade head on: the app would read an empty
+            # body (`curl --http2` over http:// asks for h2c this way), so say why instead
+            self._refuse(UPGRADE_WITH_BODY, "upgrade_with_body")
+            return
         self._head_started = False
         self._reading_head = False
         self._body_bytes = self._body_pieces = 0
@@ -566,6 +577,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             scope["extensions"] = {**(scope.get("extensions") or {}), HEAD_LIMITED: {}}
         if scope.get("method") == "GET" and is_stream_path(scope.get("path", "")):
             self._offer_stream_connection()
+
+    def _announces_body(self) -> bool:
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (
+                name == b"content-length" and value.strip() not in (b"", b"0")
+            ):
+                return True
+        return False
 
     def _offer_stream_connection(self) -> None:
         cycle = self.cycle
