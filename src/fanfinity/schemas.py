@@ -17,7 +17,9 @@ import msgspec
 
 # \A...\Z: a full match in Python (`$` would accept a trailing newline: "m\n"); the OpenAPI
 # document states it as ECMA-262's ^...$, which means the same there (see api/openapi.py).
-IDENTIFIER_PATTERN = r"\A[A-Za-z0-9\-_.:]{1,64}\Z"
+# Not "." or "..": clients normalise those path segments away, so such a match could never be
+# read back (`$` in the lookahead means the same in both dialects here: no newline can match).
+IDENTIFIER_PATTERN = r"\A(?!\.{1,2}$)[A-Za-z0-9\-_.:]{1,64}\Z"
 MAX_IDENTIFIER_LENGTH = 64
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 512 * 1024
@@ -34,7 +36,7 @@ Identifier = Annotated[
         pattern=IDENTIFIER_PATTERN,
         min_length=1,
         max_length=MAX_IDENTIFIER_LENGTH,
-        description="1-64 characters: letters, digits and - _ . :",
+        description='1-64 characters: letters, digits and - _ . : (not "." or "..")',
         examples=["alhilal-vs-alnassr-2026-11-25"],
     ),
 ]

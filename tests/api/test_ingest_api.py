@@ -395,6 +395,18 @@ async def test_a_batch_with_one_bad_byte_stores_none_of_its_events(
     assert_problem(await client.get(f"/api/events/{first['eventId']}"), 404)
 
 
+@pytest.mark.parametrize(("match_id", "status"), [(".", 422), ("..", 422), ("...", 202)])
+async def test_a_match_id_that_clients_would_normalise_away_is_422(
+    client: AsyncTestClient[Litestar], match_id: str, status: int
+) -> None:
+    """`.` and `..` are path segments every client rewrites, so their metrics could never be
+    read back; `...` is an ordinary name."""
+    response = await client.post("/api/events", json=goal(matchId=match_id))
+    assert response.status_code == status
+    if status == 422:
+        assert assert_problem(response, 422)["errors"][0]["field"] == "$.matchId"
+
+
 @pytest.mark.parametrize("match_id", ["m\n", "m\r", "m\x00", "m\u2028"])
 async def test_identifier_with_a_trailing_control_character_is_422_not_stored(
     client: AsyncTestClient[Litestar], match_id: str
@@ -488,7 +500,7 @@ async def test_openapi_event_body_states_the_validators_constraints(
     single = document["paths"]["/api/events"]["post"]["requestBody"]["content"]
     event = single["application/json"]["schema"]
     match_id = event["properties"]["matchId"]
-    assert match_id["pattern"] == "^[A-Za-z0-9\\-_.:]{1,64}$"  # ECMA-262: no trailing newline
+    assert match_id["pattern"] == "^(?!\\.{1,2}$)[A-Za-z0-9\\-_.:]{1,64}$"  # ECMA-262
     assert (match_id["minLength"], match_id["maxLength"]) == (1, 64)
     assert "goal" in event["properties"]["eventType"]["enum"]
     assert event["additionalProperties"] is False
