@@ -61,7 +61,7 @@ def _unknown_schema_page_is_not_found(
 ) -> None:
     """Guard: Litestar's catch-all answers HTML; raise instead, so problem+json answers."""
     if _UNKNOWN_SCHEMA_PAGE in handler.paths:
-        raise NotFoundException(f"no documentation page at {connection.url.path}")
+        raise NotFoundException(f"no documentation page at {connection.scope['path']}")
 
 
 def schema_router() -> Router:

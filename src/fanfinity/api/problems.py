@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from loguru import logger
 
+from fanfinity.api.middleware import printable_path
 from fanfinity.api.validation import InvalidFields, MalformedBody
 from fanfinity.errors import PROBLEM_TYPE_PREFIX, ServiceError
 from fanfinity.schemas import FieldError
@@ -49,7 +50,10 @@ _STATUS_SLUGS = {
 def problem_response(
     request: Request[Any, Any, Any], problem: Problem, headers: dict[str, str] | None = None
 ) -> Response[bytes]:
-    problem.instance = request.url.path
+    """The problem as its response, `instance` being the request's path. Taken from the scope,
+    not `request.url`: building that parses the Host header, and a port such as `x:99999999`
+    would turn every error answer into a plain-text 500."""
+    problem.instance = request.scope["path"]
     return Response(
         content=msgspec.json.encode(problem),
         status_code=problem.status,
@@ -109,7 +113,11 @@ def _http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException)
 
 
 def _unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    logger.opt(exception=exc).error("unhandled error on {} {}", request.method, request.url.path)
+    """A bare 500; the traceback goes to the log with the path escaped as the request log has
+    it, so that a `%0A` or `%1B` in the path cannot forge a line or reach a terminal."""
+    logger.opt(exception=exc).error(
+        "unhandled error on {} {}", request.method, printable_path(request.scope["path"])
+    )
     problem = Problem(
         type=PROBLEM_TYPE_PREFIX + "internal-error",
         title="Internal server error",

@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import MAXYEAR, UTC, datetime
 from typing import Any
 
 import msgspec
@@ -230,7 +230,7 @@ def canonical_uuid(value: str) -> str | None:
 
 def _check_event(raw: MatchEventIn, now: datetime, path: str) -> ValidEvent:
     errors: list[FieldError] = []
-    timestamp = raw.timestamp.astimezone(UTC)
+    timestamp = _in_utc(raw.timestamp)
     if timestamp > now + MAX_FUTURE_SKEW:
         errors.append(FieldError(f"{path}.timestamp", "more than 24 hours in the future"))
     elif timestamp < EARLIEST_TIMESTAMP:
@@ -252,6 +252,17 @@ def _check_event(raw: MatchEventIn, now: datetime, path: str) -> ValidEvent:
         metadata=raw.metadata,
         fingerprint=payload_fingerprint(raw, timestamp, metadata_json),
     )
+
+
+def _in_utc(timestamp: datetime) -> datetime:
+    """The timestamp in UTC. One whose UTC form leaves years 1-9999 (`9999-12-31T23:59-23:59`,
+    `0001-01-01T00:00+01:00`) makes `astimezone` raise OverflowError: it becomes the calendar's
+    end it passed, which the range checks then refuse like any other out-of-range time."""
+    try:
+        return timestamp.astimezone(UTC)
+    except OverflowError:
+        end = datetime.max if timestamp.year == MAXYEAR else datetime.min
+        return end.replace(tzinfo=UTC)
 
 
 def check_metadata(
