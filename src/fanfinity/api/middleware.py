@@ -152,9 +152,9 @@ LARGE_HEAD_BODY = (
     b' large","status":431,"detail":"request headers above %d bytes"}' % MAX_HEADER_BYTES
 )
 THROTTLED_ROUTE = "throttled"  # the path label of writes refused before routing
-# Set on the scope of a throttled answer: the seconds the server may read nothing more from the
-# connection. Our protocol honours it (a storm on keep-alive connections then costs one answer per
-# connection per Retry-After, not one per request); other servers ignore the key.
+# Set on the scope of a throttled answer: the seconds for which the server may leave what the
+# connection sends next unparsed. Our protocol honours it (a storm on keep-alive connections then
+# costs one answer per connection per wait, not one per request); other servers ignore the key.
 HOLD_READING_S = "fanfinity.hold_reading_s"
 THROTTLED_BODY = (
     b'{"type":"urn:fanfinity:problem:too-many-failed-authentications","title":"Too many failed'
