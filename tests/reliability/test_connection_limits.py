@@ -272,17 +272,24 @@ async def test_a_throttled_address_gets_one_answer_per_wait_and_producers_are_no
 
 
 async def test_an_upgrade_request_is_answered_as_plain_http_and_never_held(tmp_path: Path) -> None:
-    """No route speaks WebSocket: a handshake (here with a body, which a WebSocket server would
-    wait on for ever) gets the plain answer of its route, and its connection is closed by the
-    usual head timer rather than held outside every limit."""
+    """No route speaks WebSocket: a handshake gets the plain answer of its route, and one that
+    carries a body (which a WebSocket server would wait on for ever, and which the parser would
+    drop) is told to come back without Upgrade; neither connection is held."""
+    handshake = (
+        b"GET /health/live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
     async with running_service(tmp_path / "service.log", **QUICK) as service:
         reader, writer = await raw_connection(service)
-        writer.write(
-            b"GET /health/live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            b"Content-Length: 1\r\n\r\nx"
-        )
+        writer.write(handshake + b"\r\n")
         answer = await answer_or_eof(reader, HEAD_TIMEOUT_S + 3)
         writer.close()
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
         assert answer.endswith(b'{"status":"ok","checks":{}}')
+
+        reader, writer = await raw_connection(service)
+        writer.write(handshake + b"Content-Length: 1\r\n\r\nx")
+        answer = await answer_or_eof(reader, HEAD_TIMEOUT_S + 3)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        assert b"urn:fanfinity:problem:upgrade-not-supported" in answer

@@ -23,6 +23,7 @@ from fanfinity.api.middleware import HEAD_LIMITED, HOLD_READING_S, MAX_HEADER_BY
 from fanfinity.api.protocol import (
     HELD_MAX_BYTES,
     JOIN_MAX_BYTES,
+    MAX_BODY_PIECES,
     STREAM_CONNECTION,
     ConnectionLimits,
     GuardedHttpToolsProtocol,
@@ -448,15 +449,15 @@ async def test_what_a_held_connection_sends_is_answered_when_its_hold_ends(
 async def test_a_held_connection_that_sends_too_much_is_closed(
     head_timeout_of_half_a_second: None,
 ) -> None:
-    protocol, transport = await connected(held_answer)
+    protocol, transport = await connected_with_eof(held_answer)
     protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
     await settled()
     protocol.data_received(b"x" * HELD_MAX_BYTES)
-    assert not transport.closed
-    protocol.data_received(b"x")
-    assert transport.closed
-    await asyncio.sleep(0.3)  # the hold's end finds nothing left to parse
     assert len(transport.writes) == 1
+    protocol.data_received(b"x")
+    assert transport.writes[1:] == [b"<EOF>"]  # the end (the close follows a second later)
+    await asyncio.sleep(0.3)  # the hold's end finds nothing left to parse
+    assert len(transport.writes) == 2
     protocol.connection_lost(None)
 
 
@@ -494,11 +495,18 @@ async def test_a_refusal_behind_a_live_stream_closes_the_connection_without_writ
 
 
 class EofRecordingTransport(RecordingTransport):
+    """Also ends its write side, after which a write raises, as uvloop's does."""
+
     def can_write_eof(self) -> bool:
         return True
 
     def write_eof(self) -> None:
         self.writes.append(b"<EOF>")
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.writes[-1:] == [b"<EOF>"]:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        super().write(data)
 
 
 async def connected_with_eof(app: Any) -> tuple[GuardedHttpToolsProtocol, EofRecordingTransport]:
@@ -536,11 +544,12 @@ async def test_trailers_are_dropped_and_an_endless_one_ends_the_connection() -> 
     protocol.connection_lost(None)
 
 
-async def test_a_body_in_thousands_of_tiny_chunks_is_refused_413() -> None:
+async def test_a_body_in_more_pieces_than_any_client_sends_is_refused_413() -> None:
     protocol, transport = await connected_with_eof(fixed_answer)
     protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
-    protocol.data_received(b"1\r\na\r\n" * 5000)
-    await settled()
+    for _ in range(MAX_BODY_PIECES // 8192 + 1):
+        protocol.data_received(b"1\r\na\r\n" * 8192)
+        await settled()  # the app takes what has come, as it would between reads
     assert transport.writes[0].startswith(b"HTTP/1.1 413 ")
     assert b"application/problem+json" in transport.writes[0]
     protocol.connection_lost(None)
@@ -629,4 +638,95 @@ async def test_an_upgrade_request_with_a_body_is_told_why_and_one_without_is_ans
     assert transport.writes[0].startswith(b"HTTP/1.1 400 ")
     assert b'"type":"urn:fanfinity:problem:upgrade-not-supported"' in transport.writes[0]
     assert b"--http1.1" in transport.writes[0]
+    protocol.connection_lost(None)
+
+
+def statuses(transport: RecordingTransport) -> list[bytes]:
+    return [write.split(b" ", 2)[1] for write in transport.writes if write.startswith(b"HTTP/1.1")]
+
+
+async def test_garbage_past_the_head_limit_is_refused_once() -> None:
+    protocol, transport = await connected_with_eof(fixed_answer)
+    protocol.data_received(b"\x00" * (MAX_HEADER_BYTES + 4000))
+    await settled()
+    assert statuses(transport) == [b"400"]
+    assert transport.writes[-1] == b"<EOF>"
+    protocol.connection_lost(None)
+
+
+async def test_no_request_after_a_refusal_in_the_same_read_is_started() -> None:
+    paths: list[str] = []
+
+    async def answers_before_the_body(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        paths.append(scope["path"])
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    protocol, transport = await connected_with_eof(answers_before_the_body)
+    protocol.data_received(b"GET /first HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await settled()
+    protocol.data_received(
+        b"1\r\na\r\n" * (MAX_BODY_PIECES + 1) + b"0\r\n\r\nGET /second HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    for _ in range(3):
+        await settled()
+    assert paths == ["/first"]
+    assert statuses(transport) == [b"404"]
+    assert transport.writes[-1] == b"<EOF>"
+    protocol.connection_lost(None)
+
+
+async def test_a_framing_error_in_the_body_being_read_is_400_at_once() -> None:
+    protocol, transport = await connected_with_eof(fixed_answer)
+    protocol.data_received(
+        b'POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\nZZ\r\n'
+    )
+    await settled()
+    assert statuses(transport) == [b"400"]
+    protocol.connection_lost(None)
+
+
+async def test_a_refusal_behind_a_request_being_answered_waits_for_that_answer() -> None:
+    """An oversized head (or garbage) right behind a request whose body is in: that request
+    keeps its answer, then the refusal follows."""
+    may_answer = asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await may_answer.wait()
+        await fixed_answer(scope, receive, send)
+
+    for behind in (
+        b"GET / HTTP/1.1\r\nX: " + b"a" * (3 * MAX_HEADER_BYTES),
+        b"\x01 / HTTP/1.1\r\n",
+    ):
+        may_answer.clear()
+        protocol, transport = await connected_with_eof(slow)
+        protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+        await settled()
+        protocol.data_received(behind)
+        await settled()
+        assert transport.writes == []
+        may_answer.set()
+        for _ in range(3):
+            await settled()
+        assert statuses(transport) == [b"200", b"431" if b"X:" in behind else b"400"]
+        assert transport.writes[-1] == b"<EOF>"
+        protocol.connection_lost(None)
+
+
+async def test_a_pipelining_client_is_held_too(head_timeout_of_half_a_second: None) -> None:
+    """Requests queued behind a throttled answer wait out the hold before they start: pipelining
+    does not get around it."""
+    protocol, transport = await connected(held_answer)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    request = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+    protocol.data_received(request * 3)
+    await asyncio.sleep(0.25 - LATE_S)
+    assert len(transport.writes) == 1
+    await asyncio.sleep(started + 0.5 - LATE_S - loop.time())
+    assert len(transport.writes) == 2
+    await asyncio.sleep(started + 0.5 + 2 * LATE_S - loop.time())
+    assert len(transport.writes) == 3
     protocol.connection_lost(None)

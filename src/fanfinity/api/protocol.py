@@ -76,7 +76,7 @@ HELD_MAX_BYTES = 64 * 1024  # kept at most while a throttled connection is held;
 # (one-byte chunks would cost the parser a callback each). Beyond either: 413, or a close when
 # the answer has begun. Once answered, at most LINGER_BYTES more of its body is read.
 MAX_BODY_WIRE_BYTES = 2 * MAX_BATCH_BYTES
-MAX_BODY_PIECES = 4096
+MAX_BODY_PIECES = 65_536  # a JSON encoder streamed piece by piece sends ~5 bytes a piece
 JOIN_MAX_BYTES = 64 * 1024  # a larger body is written after its head, not copied to join it
 
 
@@ -359,7 +359,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes = 0  # bytes read after this request's head (framing, trailers included)
         self._body_pieces = 0
         self._messages_completed = 0
-        self._malformed_after_response = False  # bytes that are not HTTP came behind a request
+        # a refusal of a request that came behind the one being answered: sent after that answer
+        self._refusal_after: tuple[Answer, str] | None = None
+        # the request being answered (with pipelining, `self.cycle` is the newest one queued)
+        self._answering: RequestResponseCycle | None = None
         self._refused = False
         self._dropped_bytes = 0
         self._streams: list[StreamConnection] | None = None
@@ -382,6 +385,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         metrics.CONNECTIONS_OPEN.dec()
         self._waiting.pop(self, None)
         self._cancel_timers()
+        self._answering = None
         super().connection_lost(exc)
         for cycle in (self.cycle, *(queued for queued, _ in self.pipeline)):
             if cycle is not None and isinstance(cycle.transport, HeadWithBody):
@@ -444,7 +448,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # Bytes in
     def data_received(self, data: bytes) -> None:
-        if self._refused:  # answered and closing: drop what still arrives, up to a bound
+        if self._refused or self._refusal_after is not None:  # refused: drop what still arrives
             self._dropped_bytes += len(data)
             if self._dropped_bytes > LINGER_BYTES:
                 self.transport.pause_reading()
@@ -455,7 +459,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._cancel_timers()
                 self._held = None
                 metrics.CONNECTIONS_CLOSED.labels("hold_overflow").inc()
-                self.transport.close()
+                self._refused = True
+                self._close_lingering()
             return
         if not self._reading_head:
             self._body_bytes += len(data)
@@ -475,13 +480,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             else:  # feed up to the limit; if one head has not ended there, it is too large
                 completed = self._messages_completed
                 super().data_received(data[:allowed])
-                if self.transport.is_closing():
+                if self._refused or self._refusal_after is not None or self.transport.is_closing():
                     return
                 if self._reading_head and self._messages_completed == completed:
                     status, reason, slug, detail = HEAD_TOO_LARGE
                     limit = self.limits.max_head_bytes
                     self._refuse((status, reason, slug, detail % limit), "head_too_large")
                     return
+                if self._messages_completed != completed:
+                    # requests ended in the slice: the head after them began uncounted there,
+                    # so the app checks its size itself (it may pass the limit before we do)
+                    self._head_counted = False
                 self.data_received(data[allowed:])
                 return
         if self._body_pending and self._body_timer is None and not self.transport.is_closing():
@@ -522,11 +531,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         of the service looks like (uvicorn's is plain text, without the common headers), after
         the answer to a request still in progress on this connection (so that request is not
         left without one), and counted rather than logged (`_QuietMalformed`)."""
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and not self._answering_earlier():
-            self._malformed_after_response = True
-            self.flow.pause_reading()
-            return
         self._refuse(MALFORMED, "malformed_http")
 
     def _unsupported_upgrade_warning(self) -> None:
@@ -536,10 +540,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # Parser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._reading_head:  # trailers (after the body) are read and dropped: nothing uses them
+        # trailers (after the body) are read and dropped: nothing uses them
+        if self._reading_head and not self._refused:
             super().on_header(name, value)
 
     def on_body(self, body: bytes) -> None:
+        if self._refused or self._refusal_after is not None:
+            return  # the parser goes on through the read that was refused: nothing is used
         self._body_pieces += 1
         if self._body_pieces > MAX_BODY_PIECES:
             self._body_over_limit()
@@ -553,6 +560,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        if self._refused or self._refusal_after is not None:
+            return  # refused mid-read: no request after that starts
         if self.parser.should_upgrade() and self._announces_body():
             # the parser hands nothing after an upgrade head on: the app would read an empty
             # body (`curl --http2` over http:// asks for h2c this way), so say why instead
@@ -602,6 +611,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._streams.append(connection)
 
     def on_message_complete(self) -> None:
+        if self._refused or self._refusal_after is not None:
+            return
         super().on_message_complete()
         self._messages_completed += 1
         self._body_pending = False
@@ -621,30 +632,45 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        if self._malformed_after_response:
-            self._malformed_after_response = False
-            self._refuse(MALFORMED, "malformed_http")
+        answered, self._answering = self._answering, None
+        scope: Any = answered.scope if answered is not None else {}
+        hold_s = scope.get(HOLD_READING_S)
+        if self.pipeline:  # start the pipelined request, as uvicorn does (after a hold, if any)
+            cycle, app = self.pipeline.pop()
+            if hold_s:
+                self._hold(min(hold_s, self.limits.head_timeout_s / 2), (cycle, app))
+            else:
+                self.flow.resume_reading()
+                self._start_asgi_task(cycle, app)
+            return  # answering it, not waiting for a head (so not evictable): that comes after
+        if self._refusal_after is not None:  # every request before the refused one is answered
+            (answer, reason), self._refusal_after = self._refusal_after, None
+            self._refuse(answer, reason)
             return
         self.flow.resume_reading()
-        if self.pipeline:  # start the pipelined request, as uvicorn does
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-            return  # answering it, not waiting for a head (so not evictable): that comes after
-        scope: Any = self.cycle.scope if self.cycle is not None else {}
-        hold_s = scope.get(HOLD_READING_S)
         if hold_s:
             self._hold(min(hold_s, self.limits.head_timeout_s / 2))
         self._wait_for_head()
 
-    def _hold(self, seconds: float) -> None:
-        """Keep what this connection sends for `seconds` before parsing it."""
-        self._held = bytearray()
-        self._hold_timer = self.loop.call_later(seconds, self._end_hold)
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._answering = cycle
+        super()._start_asgi_task(cycle, app)
 
-    def _end_hold(self) -> None:
+    def _hold(self, seconds: float, queued: tuple[RequestResponseCycle, Any] | None = None) -> None:
+        """Keep what this connection sends for `seconds` before parsing it; a request already
+        queued behind the answer (a pipelining client) waits as long before it starts."""
+        self._held = bytearray()
+        self.flow.resume_reading()  # reading goes on, so a client that hangs up is let go
+        self._hold_timer = self.loop.call_later(seconds, self._end_hold, queued)
+
+    def _end_hold(self, queued: tuple[RequestResponseCycle, Any] | None) -> None:
         self._hold_timer = None
         held, self._held = self._held, None
-        if held and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if queued is not None:
+            self._start_asgi_task(*queued)
+        if held:
             self.data_received(bytes(held))
 
     def _release_head(self) -> None:
@@ -691,16 +717,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         retry_after_s: int = 0,
         linger: bool = True,
     ) -> None:
+        if self._refused or self._refusal_after is not None or self.transport.is_closing():
+            return  # refused already (the parser may still be going through the same read)
+        cycle = self.cycle
+        answering = cycle is not None and not cycle.response_complete
+        streaming = any(stream.active for stream in self._streams or ())
+        if not streaming and (self.pipeline or (answering and not self._body_pending)):
+            # what is refused came behind a request still being answered (its body is in): that
+            # answer, and any queued before the refused one, go out first
+            self._refusal_after = (answer, reason)
+            self.flow.pause_reading()
+            return
         metrics.CONNECTIONS_CLOSED.labels(reason).inc()
         self._waiting.pop(self, None)
         self._cancel_timers()
-        answering = self.cycle is not None and not self.cycle.response_complete
-        if self.cycle is not None and answering:
-            self.cycle.disconnected = True  # the app sees a disconnect, never writes after us
-            self.cycle.message_event.set()
-        started = answering and self.cycle is not None and self.cycle.response_started
-        if started or self._answering_earlier():  # no answer of ours inside a response
-            self._release_head()
+        if cycle is not None and answering:
+            cycle.disconnected = True  # the app sees a disconnect, never writes after us
+            cycle.message_event.set()
+        if streaming or (answering and cycle is not None and cycle.response_started):
+            self._release_head()  # no answer of ours inside a response: the connection ends
             self.transport.close()
             return
         self._refused = True
