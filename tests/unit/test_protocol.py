@@ -13,7 +13,7 @@ import gc
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from uvicorn.config import Config
@@ -62,6 +62,9 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
+TransportT = TypeVar("TransportT", bound=RecordingTransport)
+
+
 async def fixed_answer(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """A small JSON answer with its length, after reading the whole body."""
     if scope["type"] != "http":
@@ -74,14 +77,20 @@ async def fixed_answer(scope: dict[str, Any], receive: Receive, send: Send) -> N
     await send({"type": "http.response.body", "body": body})
 
 
-async def connected(app: Any) -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
+async def connected_to(
+    app: Any, transport: TransportT
+) -> tuple[GuardedHttpToolsProtocol, TransportT]:
+    """A protocol serving `app` as `fanfinity serve` configures uvicorn, on `transport`."""
     config = Config(app=app, lifespan="off", log_config=None, ws="none")
     protocol = GuardedHttpToolsProtocol(
         config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
     )
-    transport = RecordingTransport()
     protocol.connection_made(transport)
     return protocol, transport
+
+
+async def connected(app: Any) -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
+    return await connected_to(app, RecordingTransport())
 
 
 async def settled() -> None:
@@ -510,13 +519,7 @@ class EofRecordingTransport(RecordingTransport):
 
 
 async def connected_with_eof(app: Any) -> tuple[GuardedHttpToolsProtocol, EofRecordingTransport]:
-    config = Config(app=app, lifespan="off", log_config=None, ws="none")
-    protocol = GuardedHttpToolsProtocol(
-        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
-    )
-    transport = EofRecordingTransport()
-    protocol.connection_made(transport)
-    return protocol, transport
+    return await connected_to(app, EofRecordingTransport())
 
 
 async def test_trailers_are_dropped_and_an_endless_one_ends_the_connection() -> None:
