@@ -7,6 +7,7 @@ with the reason otherwise. FANFINITY_UPDATE_SCREENSHOTS=1 refreshes docs/images/
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -64,6 +65,18 @@ def post(
     assert response.status_code == 202, response.text
 
 
+def listed(base_url: str, match: str) -> None:
+    """Wait until `match` is counted and listed (the aggregator counts within a fraction of a
+    second; the page reads the list once as it opens)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        items = httpx.get(f"{base_url}/api/matches?limit=50").json()["items"]
+        if any(item["matchId"] == match for item in items):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{match} was never listed")
+
+
 def shown(browser: Any, element_id: str) -> str:
     return str(browser.find_element(By.ID, element_id).text)
 
@@ -100,6 +113,7 @@ def test_deep_link_shows_score_clock_and_a_goal_arriving_live(
         post(live_server, kind, kick_off + timedelta(minutes=minute, seconds=10), team)
     # Another match, updated last, is at the top of the list: the deep link must win over it.
     post(live_server, "corner", kick_off, "ittihad", match="ittihad-vs-ahli")
+    listed(live_server, "ittihad-vs-ahli")  # counted before the page lists the matches
 
     browser.get(f"{live_server}/?match={MATCH}")
     wait = WebDriverWait(browser, 10)
