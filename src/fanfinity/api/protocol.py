@@ -448,7 +448,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # Bytes in
     def data_received(self, data: bytes) -> None:
-        if self._refused or self._refusal_after is not None:  # refused: drop what still arrives
+        if self._refusing:  # drop what still arrives, up to a bound
             self._dropped_bytes += len(data)
             if self._dropped_bytes > LINGER_BYTES:
                 self.transport.pause_reading()
@@ -480,7 +480,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             else:  # feed up to the limit; if one head has not ended there, it is too large
                 completed = self._messages_completed
                 super().data_received(data[:allowed])
-                if self._refused or self._refusal_after is not None or self.transport.is_closing():
+                if self._refusing or self.transport.is_closing():
                     return
                 if self._reading_head and self._messages_completed == completed:
                     status, reason, slug, detail = HEAD_TOO_LARGE
@@ -507,24 +507,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return MAX_BODY_WIRE_BYTES
 
     def _body_over_limit(self) -> None:
-        if self._refused or self.transport.is_closing():
+        if self._refusing or self.transport.is_closing():
             return  # refused already (the parser is still going through the same read)
         cycle = self.cycle
-        if cycle is not None and cycle.response_complete and not self._answering_earlier():
+        if cycle is None or not (cycle.response_started or cycle.response_complete):
+            self._refuse(BODY_TOO_LARGE, "body_too_large")
+            return
+        metrics.CONNECTIONS_CLOSED.labels("body_too_large").inc()
+        self._cancel_timers()
+        if cycle.response_complete and not self._answering_earlier():
             # answered (say a 413 before the body): read no more of it, and end the connection
             # as a refusal does, so the answer is not lost to a reset
-            metrics.CONNECTIONS_CLOSED.labels("body_too_large").inc()
-            self._cancel_timers()
             self._refused = True
             self._close_lingering()
-            return
-        if cycle is not None and cycle.response_started:
-            metrics.CONNECTIONS_CLOSED.labels("body_too_large").inc()
-            self._cancel_timers()
+        else:
             self._release_head()
-            self.transport.close()  # in the middle of its answer: cut it
-            return
-        self._refuse(BODY_TOO_LARGE, "body_too_large")
+            self.transport.close()  # in the middle of an answer: cut it
 
     def send_400_response(self, msg: str) -> None:
         """Bytes the parser cannot read as HTTP/1.1: the problem+json 400 every other refusal
@@ -545,7 +543,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_header(name, value)
 
     def on_body(self, body: bytes) -> None:
-        if self._refused or self._refusal_after is not None:
+        if self._refusing:
             return  # the parser goes on through the read that was refused: nothing is used
         self._body_pieces += 1
         if self._body_pieces > MAX_BODY_PIECES:
@@ -560,7 +558,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        if self._refused or self._refusal_after is not None:
+        if self._refusing:
             return  # refused mid-read: no request after that starts
         if self.parser.should_upgrade() and self._announces_body():
             # the parser hands nothing after an upgrade head on: the app would read an empty
@@ -611,7 +609,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._streams.append(connection)
 
     def on_message_complete(self) -> None:
-        if self._refused or self._refusal_after is not None:
+        if self._refusing:
             return
         super().on_message_complete()
         self._messages_completed += 1
@@ -634,11 +632,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         answered, self._answering = self._answering, None
         scope: Any = answered.scope if answered is not None else {}
-        hold_s = scope.get(HOLD_READING_S)
+        marked_s = scope.get(HOLD_READING_S)
+        hold_s = min(marked_s, self.limits.head_timeout_s / 2) if marked_s else 0.0
         if self.pipeline:  # start the pipelined request, as uvicorn does (after a hold, if any)
             cycle, app = self.pipeline.pop()
             if hold_s:
-                self._hold(min(hold_s, self.limits.head_timeout_s / 2), (cycle, app))
+                self._hold(hold_s, (cycle, app))
             else:
                 self.flow.resume_reading()
                 self._start_asgi_task(cycle, app)
@@ -649,7 +648,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self.flow.resume_reading()
         if hold_s:
-            self._hold(min(hold_s, self.limits.head_timeout_s / 2))
+            self._hold(hold_s)
         self._wait_for_head()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -705,10 +704,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refuse(HEAD_TIMEOUT, "body_timeout")
 
+    @property
+    def _refusing(self) -> bool:
+        """Refused, or a refusal waits for the answers before it: nothing more is parsed."""
+        return self._refused or self._refusal_after is not None
+
+    def _streaming(self) -> bool:
+        return any(stream.active for stream in self._streams or ())
+
     def _answering_earlier(self) -> bool:
         """Whether a response to an earlier request is still going out on this connection (the
         current cycle is queued behind it, or a live stream holds it)."""
-        return bool(self.pipeline) or any(stream.active for stream in self._streams or ())
+        return bool(self.pipeline) or self._streaming()
 
     def _refuse(
         self,
@@ -717,11 +724,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         retry_after_s: int = 0,
         linger: bool = True,
     ) -> None:
-        if self._refused or self._refusal_after is not None or self.transport.is_closing():
+        if self._refusing or self.transport.is_closing():
             return  # refused already (the parser may still be going through the same read)
         cycle = self.cycle
         answering = cycle is not None and not cycle.response_complete
-        streaming = any(stream.active for stream in self._streams or ())
+        streaming = self._streaming()
         if not streaming and (self.pipeline or (answering and not self._body_pending)):
             # what is refused came behind a request still being answered (its body is in): that
             # answer, and any queued before the refused one, go out first
